@@ -1,0 +1,9 @@
+"""linepo: LINE-PO and its baselines for aligning language models with general preferences.
+
+Library modules (import what you need; none imports torch at package import time):
+games (tabular games, exact dynamics), losses (DPO/IPO/INPO/SPPO on sequence
+log-probs), sampled (Figure 2's sample-based dynamics), schemas (parquet artefacts),
+cli (the ``linepo`` command).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""Typed parquet artefacts: every file the workflow passes between stages, in one place.
+
+Each artefact kind has a pyarrow schema and a one-line meaning per column (``COLUMN_DOCS``),
+which `docs/artefacts.md` is generated from. Files are written atomically (a temp file in
+the same folder, then ``os.replace``) so that a killed job never leaves a file that looks
+complete, and read back through :func:`read_table`, which rejects a file whose columns do
+not match with a message naming the file and the column.
+
+    from linepo.schemas import write_table, read_table
+    write_table(rows, "results/x/samples.parquet", "samples", metadata={"sampler": {...}})
+    table = read_table("results/x/samples.parquet", "samples")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from linepo.errors import InputError
+
+#: kind -> list of (column, pyarrow type, nullable, meaning)
+_COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
+    "prompts": [
+        ("prompt_id", pa.string(), False, "stable id: sha256 of the prompt text (hex), unless the source gave one"),
+        ("prompt", pa.string(), False, "the user instruction, plain text (no chat template applied)"),
+        ("source", pa.string(), False, "where the prompt came from: dataset name or file path"),
+    ],
+    "samples": [
+        ("prompt_id", pa.string(), False, "id of the prompt answered"),
+        ("prompt", pa.string(), False, "the prompt text, repeated so a file is self-contained"),
+        ("sample_index", pa.int32(), False, "0..n-1: which of the n samples of this prompt"),
+        ("response", pa.string(), False, "generated response text, special tokens removed"),
+        ("num_tokens", pa.int32(), False, "number of generated tokens (EOS included when emitted)"),
+        ("finish_reason", pa.string(), False, "'stop' (EOS emitted) or 'length' (max_new_tokens reached)"),
+        ("sampler_settings", pa.string(), False, "JSON of the sampler's settings (backend, temperature, top_p, ...)"),
+    ],
+    "judgments": [
+        ("prompt_id", pa.string(), False, "id of the prompt whose samples are compared"),
+        ("index_a", pa.int32(), False, "sample_index of response a"),
+        ("index_b", pa.int32(), False, "sample_index of response b"),
+        ("prob_a_wins", pa.float64(), True, "judge's P(a ≻ b) in [0, 1]; null when the comparison failed"),
+        ("outcome", pa.int8(), True, "sampled oracle outcome: 1 if a won, 0 if b won; null when failed"),
+        ("failed", pa.bool_(), False, "true when the judge could not give a probability (counted, never a coin flip)"),
+    ],
+    "preferences": [
+        ("prompt_id", pa.string(), False, "id of the prompt"),
+        ("prompt", pa.string(), False, "the prompt text"),
+        ("chosen", pa.string(), False, "the preferred response y+"),
+        ("rejected", pa.string(), False, "the dispreferred response y-"),
+        ("chosen_index", pa.int32(), False, "sample_index of the chosen response"),
+        ("rejected_index", pa.int32(), False, "sample_index of the rejected response"),
+        ("chosen_win_rate", pa.float64(), False, "mean P(chosen ≻ other samples of the prompt): SPPO's P̂(y+ ≻ μ)"),
+        ("rejected_win_rate", pa.float64(), False, "mean P(rejected ≻ other samples of the prompt): SPPO's P̂(y- ≻ μ)"),
+    ],
+    "trajectory": [
+        ("iteration", pa.int32(), False, "0 is the start policy; each iteration is one prox (policy) update"),
+        ("round", pa.int32(), False, "outer round: LINE-PO's reference moves between rounds; 1 elsewhere"),
+        ("policy", pa.list_(pa.float64()), False, "the policy over the n responses after this iteration"),
+        ("duality_gap", pa.float64(), False, "max_j P(y_j ≻ π) − min_j P(π ≻ y_j): 0 exactly at a Nash policy"),
+        ("kl_to_nash", pa.float64(), False, "KL(π* ‖ π) to the LP Nash policy π*"),
+    ],
+}
+
+COLUMN_DOCS: dict[str, dict[str, str]] = {
+    kind: {name: doc for name, _, _, doc in columns} for kind, columns in _COLUMNS.items()
+}
+
+
+def schema(kind: str, metadata: dict | None = None) -> pa.Schema:
+    """The pyarrow schema of an artefact kind, with optional JSON metadata under b"linepo"."""
+    if kind not in _COLUMNS:
+        raise KeyError(f"unknown artefact kind {kind!r}; known: {sorted(_COLUMNS)}")
+    fields = [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable, _ in _COLUMNS[kind]]
+    encoded = {b"linepo": json.dumps({"kind": kind, **(metadata or {})}, sort_keys=True).encode()}
+    return pa.schema(fields, metadata=encoded)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def to_table(rows, kind: str, metadata: dict | None = None) -> pa.Table:
+    """Build a table of ``kind`` from a list of row dicts, a dict of columns, or a DataFrame.
+
+    Byte-identical output for identical input: no timestamps, stable column order.
+    """
+    target = schema(kind, metadata)
+    if isinstance(rows, pa.Table):
+        return rows.select(target.names).cast(target)
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
+        rows = {name: rows[name].tolist() for name in target.names}
+    if isinstance(rows, dict):
+        return pa.Table.from_pydict({name: rows[name] for name in target.names}, schema=target)
+    return pa.Table.from_pylist(list(rows), schema=target)
+
+
+def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None = None) -> Path:
+    """Write rows as a parquet file of ``kind`` atomically; returns the path."""
+    table = to_table(rows, kind, metadata)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
+    """Read a parquet artefact and check it has the columns and types of ``kind``.
+
+    Raises:
+        InputError: the file is missing, not parquet (corrupted), or a column is
+            missing or has the wrong type; the message names the file and the column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a readable parquet file ({err})") from err
+    expected = schema(kind)
+    for field in expected:
+        if field.name not in table.column_names:
+            raise InputError(f"{path}: missing column {field.name!r} of a {kind} file")
+        actual = table.schema.field(field.name).type
+        if actual != field.type:
+            raise InputError(f"{path}: column {field.name!r} has type {actual}, a {kind} file needs {field.type}")
+    return table.select(expected.names)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata that :func:`write_table` stored in a file (``{}`` if none)."""
+    raw = pq.read_schema(path).metadata or {}
+    return json.loads(raw.get(b"linepo", b"{}"))
+
+
+def markdown_reference() -> str:
+    """Every artefact kind and column with its meaning, as Markdown (docs/artefacts.md)."""
+    lines = ["# Parquet artefacts", "", "Generated from `linepo/schemas.py`; do not edit by hand.", ""]
+    for kind, columns in _COLUMNS.items():
+        lines += [f"## {kind}", "", "| column | type | nullable | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {t} | {'yes' if nl else 'no'} | {d} |" for n, t, nl, d in columns]
+        lines.append("")
+    return "\n".join(lines)

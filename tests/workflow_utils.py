@@ -1,0 +1,49 @@
+"""Run the Snakemake workflow from a temporary copy of the repository, as a user would."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "rules", "profiles", "config.yaml", "configs"]
+
+
+def copy_workflow(destination: Path) -> Path:
+    """Copy the workflow files (not results) into ``destination``; returns it."""
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name)
+        elif source.exists():
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job that ``snakemake -n`` plans."""
+    jobs = []
+    for block in re.split(r"^(?=rule \w+:$)", output, flags=re.MULTILINE)[1:]:
+        rule = block.split(":", 1)[0].removeprefix("rule ")
+        wildcards = {}
+        match = re.search(r"^    wildcards: (.*)$", block, re.MULTILINE)
+        if match:
+            wildcards = dict(item.split("=", 1) for item in match.group(1).split(", "))
+        jobs.append((rule, wildcards))
+    return jobs
+
+
+def edit_config(workdir: Path, edit) -> None:
+    """Apply ``edit(config_dict)`` to the copied config.yaml."""
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
