@@ -1,6 +1,9 @@
 # linepo workflow: wiring only. Logic lives in the `linepo` package; rules call its CLI.
-#   snakemake --cores 2                # the embedded default experiment
-#   snakemake synthetic --cores 2      # the paper's tabular games (Figures 1–2)
+#   snakemake --cores 2                # the embedded default experiment (config.yaml)
+#   snakemake synthetic --cores 2      # the paper's tabular games (Figures 1–2) only
+#   snakemake -n --configfile configs/paper.yaml   # plan the paper's LLM experiment
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -11,9 +14,20 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
+include: "rules/llm.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.synthetic.input,
+        LLM_TARGETS,
+
+
+onsuccess:
+    # The default experiment's headline: each run's last-iterate exploitability.
+    table = Path("results/summary/exploitability.tsv")
+    if table.exists():
+        print("\nLast-iterate exploitability (max_j P(y_j ≻ π) − ½; 0 at the Nash policy):")
+        print(table.read_text())

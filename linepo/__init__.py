@@ -2,7 +2,9 @@
 
 Library modules (import what you need; none imports torch at package import time):
 games (tabular games, exact dynamics), losses (DPO/IPO/INPO/SPPO on sequence
-log-probs), sampled (Figure 2's sample-based dynamics), schemas (parquet artefacts),
+log-probs), sampled (Figure 2's sample-based dynamics), prompts, models, embedded (the
+tiny default policy), sampling, judges, preferences, scoring, training, plan (the
+recipe-hashed DAG), robustness (exploitability), schemas (parquet artefacts), config,
 cli (the ``linepo`` command).
 """
 

@@ -57,6 +57,10 @@ def validate_config(config: dict) -> dict:
         error = errors[0]
         raise InputError(f"config key {_key(error.absolute_path)}: {error.message}")
     _check_synthetic(config["synthetic"])
+    _check_policy(config["policy"])
+    _check_judge(config["judge"])
+    for name, run in config["runs"].items():
+        _check_run(f"runs.{name}", run)
     return config
 
 
@@ -77,6 +81,46 @@ def _check_synthetic(section: dict) -> None:
             games.validate_policy(setting["init"], n)
         except games.InvalidGameError as err:
             raise InputError(f"config key {key}.init: {err}") from None
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") > 1
+
+
+def _check_policy(section: dict) -> None:
+    sft = section["sft"]
+    if sft != "embedded" and _looks_like_path(sft):
+        from pathlib import Path
+
+        if not (Path(sft).expanduser() / "config.json").exists():
+            raise InputError(f"config key policy.sft: {sft}: no model folder (config.json) there")
+
+
+def _check_judge(section: dict) -> None:
+    """The synthetic oracle is cheap to build: build it now so a bad matrix fails before planning."""
+    if section.get("type") == "synthetic":
+        from linepo.judges import make_judge
+
+        make_judge(section, source="config key judge")
+
+
+def _check_run(key: str, run: dict) -> None:
+    """What the schema cannot say: per-algorithm requirements and round ranges."""
+    algorithm, rounds = run["algorithm"], run["rounds"]
+    if algorithm in ("inpo", "linepo") and "eta_tau" not in run:
+        raise InputError(f"config key {key}.eta_tau: required for algorithm {algorithm} (ητ ∈ (0, 1])")
+    if algorithm in ("dpo", "ipo") and rounds != 1:
+        raise InputError(f"config key {key}.rounds: {algorithm} is one pass over all prompts; rounds must be 1")
+    moves = run["reference_moves"]
+    if isinstance(moves, list):
+        if algorithm != "linepo":
+            raise InputError(f"config key {key}.reference_moves: only linepo moves its reference")
+        late = [r for r in moves if r > rounds]
+        if late:
+            raise InputError(f"config key {key}.reference_moves: round {late[0]} is beyond the last round ({rounds})")
+    for round_key in run["round_overrides"]:
+        if int(round_key) > rounds:
+            raise InputError(f"config key {key}.round_overrides.{round_key}: beyond the last round ({rounds})")
 
 
 def load_config(path: str) -> dict:

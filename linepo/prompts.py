@@ -133,6 +133,10 @@ def _first_user_turn(messages: list, where: str):
     return next((m.get("content") for m in messages if m.get("role") == "user"), None)
 
 
+#: ``--source embedded``: the embedded default's generated prompts (no file, no download).
+EMBEDDED_SOURCE = "embedded"
+
+
 def load_prompts(
     source: str,
     *,
@@ -156,6 +160,11 @@ def load_prompts(
             ``prompt_column`` is absent; a prompt is not text; two different prompts
             share a source prompt_id; or no prompt is left.
     """
+    if source == EMBEDDED_SOURCE:
+        # The project's own generated prompts (linepo.embedded): split "train" or "eval".
+        from linepo.embedded import prompt_rows
+
+        return prompt_rows(split or "train")
     ds = _load_dataset(source, split, name, revision, trust_remote_code)
     columns = list(ds.column_names)
     if prompt_column is not None:

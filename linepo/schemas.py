@@ -58,6 +58,20 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("chosen_win_rate", pa.float64(), False, "mean P(chosen ≻ other samples of the prompt): SPPO's P̂(y+ ≻ μ)"),
         ("rejected_win_rate", pa.float64(), False, "mean P(rejected ≻ other samples of the prompt): SPPO's P̂(y- ≻ μ)"),
     ],
+    # A preference set plus the summed response log-probs the losses need, computed
+    # without gradients before training so the trainer holds only the policy in memory.
+    "scored": [
+        ("prompt_id", pa.string(), False, "id of the prompt"),
+        ("prompt", pa.string(), False, "the prompt text"),
+        ("chosen", pa.string(), False, "the preferred response y+"),
+        ("rejected", pa.string(), False, "the dispreferred response y-"),
+        ("chosen_win_rate", pa.float64(), False, "P̂(y+ ≻ μ) from the tournament (SPPO)"),
+        ("rejected_win_rate", pa.float64(), False, "P̂(y- ≻ μ) from the tournament (SPPO)"),
+        ("reference_chosen_logp", pa.float64(), False, "log π_ref(y+|x), summed over response tokens"),
+        ("reference_rejected_logp", pa.float64(), False, "log π_ref(y-|x), summed over response tokens"),
+        ("anchor_chosen_logp", pa.float64(), False, "log μ_k(y+|x) under the policy that sampled the pair (INPO)"),
+        ("anchor_rejected_logp", pa.float64(), False, "log μ_k(y-|x) under the policy that sampled the pair (INPO)"),
+    ],
     "trajectory": [
         ("iteration", pa.int32(), False, "0 is the start policy; each iteration is one prox (policy) update"),
         ("round", pa.int32(), False, "outer round: LINE-PO's reference moves between rounds; 1 elsewhere"),

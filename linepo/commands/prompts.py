@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         help="load prompts (local file or hub dataset), de-duplicate, shard, write parquet",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--source", required=True, help="a .jsonl/.json/.parquet file or a hub dataset name")
+    parser.add_argument("--source", required=True, help="a .jsonl/.json/.parquet file, a hub dataset name, or `embedded` (the generated prompts; --split train or eval)")
     parser.add_argument("--split", default=None, help="dataset split, e.g. train_prefs or test[:100] (default: the only one; 'train' for files)")
     parser.add_argument("--prompt-column", default=None, help="take prompts from this column instead of detecting the layout")
     parser.add_argument("--name", default=None, help="hub dataset configuration name")

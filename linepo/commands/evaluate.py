@@ -1,0 +1,87 @@
+"""Evaluation commands used by the workflow's final rules.
+
+    linepo exploitability --policy DIR --prompts eval.parquet --judge-config '{"type": "synthetic"}' --out r.json
+    linepo run-steps --steps '[{"round": 1, "split": "0", "policy": "..."}]' --out steps.tsv
+    linepo exploitability-table --report linepo=r.json --report inpo=i.json --out table.tsv
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from linepo.errors import InputError
+
+
+def register(subparsers) -> None:
+    report = subparsers.add_parser("exploitability", help="a policy's exploitability under the synthetic oracle")
+    report.add_argument("--policy", required=True, help="model folder or hub id")
+    report.add_argument("--prompts", required=True, help="a prompts parquet file")
+    report.add_argument("--judge-config", default='{"type": "synthetic"}', help="inline JSON or a JSON/YAML file")
+    report.add_argument("--samples", type=int, default=8, help="Monte Carlo samples per prompt when not exact")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--dtype", default="auto")
+    report.add_argument("--trust-remote-code", action="store_true")
+    report.add_argument("--out", required=True, help="JSON report to write")
+    report.set_defaults(func=run_exploitability)
+
+    steps = subparsers.add_parser("run-steps", help="write a run's schedule as a readable table")
+    steps.add_argument("--steps", required=True, help="JSON list of steps (from the workflow plan)")
+    steps.add_argument("--out", required=True)
+    steps.set_defaults(func=run_steps)
+
+    table = subparsers.add_parser("exploitability-table", help="collect exploitability reports into one TSV")
+    table.add_argument("--report", action="append", required=True, metavar="NAME=FILE")
+    table.add_argument("--out", required=True)
+    table.set_defaults(func=run_table)
+
+
+def run_exploitability(args) -> int:
+    from linepo.judges import SyntheticJudge, load_judge_config, make_judge
+    from linepo.robustness import report
+    from linepo.schemas import atomic_path, read_table
+
+    config, label = load_judge_config(args.judge_config)
+    judge = make_judge(config, source=label)
+    if not isinstance(judge, SyntheticJudge):
+        raise InputError(f"{label}: exploitability needs the synthetic oracle (its categories are known)")
+    rows = read_table(args.prompts, "prompts").to_pylist()
+    result = report(args.policy, rows, judge, samples=args.samples, seed=args.seed, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code)
+    result["policy"] = args.policy
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.policy}: exploitability {result['exploitability']:.4f} ({result['method']})", file=sys.stderr)
+    return 0
+
+
+def run_steps(args) -> int:
+    from linepo.schemas import atomic_path
+
+    steps = json.loads(args.steps)
+    lines = ["round\tsplit\treference_moved\tpolicy\treference"]
+    lines += [f"{s['round']}\t{s['split']}\t{s['reference_moved']}\t{s['policy']}\t{s['reference']}" for s in steps]
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def run_table(args) -> int:
+    from linepo.schemas import atomic_path
+
+    lines = ["run\texploitability\tstderr\tmethod\tcategory_distribution\tpolicy"]
+    for item in args.report:
+        name, _, path = item.partition("=")
+        try:
+            result = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"--report {item}: file not found") from None
+        dist = ", ".join(f"{k} {v:.3f}" for k, v in result["category_distribution"].items())
+        lines.append(f"{name}\t{result['exploitability']:.4f}\t{result['exploitability_stderr']:.4f}"
+                     f"\t{result['method']}\t{dist}\t{result['policy']}")
+    text = "\n".join(lines) + "\n"
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(text)
+    print(text, end="")
+    return 0

@@ -1,0 +1,185 @@
+"""Load, save and prompt any Hugging Face causal LM: the one way policies enter and leave linepo.
+
+    from linepo.models import load_policy, save_policy, format_prompt
+    model, tokenizer = load_policy("results/embedded/policy")        # a local folder
+    model, tokenizer = load_policy("Qwen/Qwen2-1.5B-Instruct", dtype="bfloat16")  # a hub id
+    save_policy(model, tokenizer, "results/linepo/round1/policy")
+
+Tokenizers come back ready for batched generation: left padding and a pad token (the
+EOS token when the tokenizer has none). Prompts go through the tokenizer's chat
+template when it has one, else through :data:`PLAIN_TEMPLATE`; :func:`encode_prompt`
+is what samplers and trainers use, so a prompt is tokenized the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from linepo.errors import InputError
+
+#: Used for tokenizers without a chat template (base models).
+PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# "name" or "owner/name" with hub-legal characters: anything else can only be a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_policy(path_or_name) -> str:
+    """The local folder or hub id to load from, after the checks that need no loading.
+
+    Raises:
+        InputError: a path that does not exist and cannot be a hub id, a folder with no
+            config.json, or (with HF_HUB_OFFLINE=1) a hub id that is not in the cache.
+    """
+    text = str(path_or_name)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise InputError(f"{text}: not a folder (a policy is a folder with config.json and weights)")
+        if not (local / "config.json").exists():
+            raise InputError(f"{text}: no config.json, not a saved model folder")
+        return str(local)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if looks_local or not _HUB_ID.match(text):
+        raise InputError(f"{text}: policy folder not found")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            raise InputError(f"{text}: not a local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE=1)")
+    return text
+
+
+def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "auto", device=None):
+    """Load a causal LM and its tokenizer from a local folder or a hub id.
+
+    Args:
+        path_or_name: a folder written by :func:`save_policy` / ``save_pretrained``, or a
+            hub id such as ``Qwen/Qwen2-1.5B-Instruct``.
+        trust_remote_code: run the repository's own modelling code; off unless asked.
+        dtype: "auto" (the checkpoint's dtype), "float32", "bfloat16" or "float16".
+        device: where to put the model; default the GPU when there is one, else CPU.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode, the tokenizer padding on the left
+        with a pad token set.
+
+    Raises:
+        InputError: the path does not exist, is not a model folder, the hub id is not
+            cached while offline, or loading fails (message names ``path_or_name``).
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    source = resolve_policy(path_or_name)  # before the slow imports: bad paths fail fast
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path_or_name}: cannot load the policy ({first_line})") from err
+    tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise InputError(f"{path_or_name}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config.eos_token_id is None and tokenizer.eos_token_id is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def save_policy(model, tokenizer, path) -> Path:
+    """Save ``model`` (safetensors) and ``tokenizer`` to folder ``path`` atomically.
+
+    Everything is written to a temp folder next to ``path`` and renamed onto it, so a
+    killed job never leaves a half-written policy; an existing ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        # transformers v5 always writes safetensors and dropped the flag; v4 needs it.
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        except TypeError:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # mkdtemp (and some writers) create owner-only files; give the usual umask modes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for child in tmp.rglob("*"):
+            os.chmod(child, (0o777 if child.is_dir() else 0o666) & ~umask)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if old is not None and old.exists():
+            if path.exists():
+                shutil.rmtree(old)
+            else:  # the final rename failed: put the previous policy back
+                os.replace(old, path)
+    return path
+
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """The text the model sees before its answer: chat template if any, else PLAIN_TEMPLATE."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of :func:`format_prompt`'s text.
+
+    A chat template writes its own special tokens (BOS included), so they are not added
+    again; the plain template gets the tokenizer's usual ones (e.g. BOS for Llama).
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
+
+
+def first_response_token_probs(model, tokenizer, prompts, batch_size: int = 64):
+    """P(first response token | prompt) for every prompt: a float64 tensor (num_prompts, vocab).
+
+    Prompts are encoded as samplers encode them and left-padded, with position ids that
+    count real tokens only (as ``generate`` does), so each row is exactly the distribution
+    that sampling draws the first token from.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+        batch = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt", padding_side="left")
+        mask = batch["attention_mask"].to(device)  # (B, T)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions).logits
+        rows.append(torch.softmax(logits[:, -1, :].double(), dim=-1).cpu())  # (B, V)
+    return torch.cat(rows) if rows else torch.zeros(0, model.config.vocab_size, dtype=torch.float64)

@@ -1,0 +1,253 @@
+"""Expand the runs of a config into a DAG of content-addressed nodes (paper Algorithms 3–4).
+
+Every node's id is a hash of its *recipe* — what it is computed from and with which
+settings, plus a stage version — so two runs or two configs that agree up to a step share
+that step's files, a changed round-3 parameter makes new ids from round 3 on only, and
+changing it back finds the old files again. Snakemake rules map ids back to nodes through
+this plan; rule paths carry round and split as wildcards for people to read.
+
+One step k of a run, in round r on prompt split s (Algorithm 4, one iteration):
+
+    μ_k ─sample(split s)─▶ samples ─judge─▶ judgments ─pairs─▶ prefs ─score(π_ref, μ_k)─▶ scored
+                                                                                         │
+    μ_k ──────────────────────────────────train(loss, η, ητ)──────────────────────────────▶ μ_{k+1}
+
+    python -m linepo.plan config.yaml       # print the plan's node counts and run schedules
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+
+#: Bump a stage's version when its code changes what it writes: its nodes get new ids.
+STAGE_VERSIONS = {"sft": 1, "prompts": 1, "sample": 1, "judge": 1, "score": 1, "train": 1}
+
+#: algorithm -> (loss, reference rule). Reference rules: "sft" (fixed at the SFT policy),
+#: "current" (the policy being updated: iterative IPO, SPPO), "moving" (LINE-PO).
+ALGORITHMS = {
+    "dpo": ("dpo", "sft"),
+    "ipo": ("ipo", "sft"),
+    "iter_ipo": ("ipo", "current"),
+    "sppo": ("sppo", "current"),
+    "inpo": ("inpo", "sft"),
+    "linepo": ("inpo", "moving"),
+}
+ONE_PASS = ("dpo", "ipo")  # one pass over all prompts against the SFT reference
+
+
+def recipe_id(stage: str, recipe: dict) -> str:
+    """12 hex digits of sha256 over the canonical JSON of the recipe and stage version."""
+    payload = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], **recipe}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PolicyNode:
+    id: str
+    round: int  # 0 for the SFT policy
+    split: str  # "sft", a split index, or "all" for one-pass runs
+    parent: str | None = None
+    reference: str | None = None
+    scored: tuple = ()
+    train: dict = field(default_factory=dict)  # loss, eta, eta_tau, training settings
+
+    @property
+    def is_sft(self) -> bool:
+        return self.parent is None
+
+
+@dataclass(frozen=True)
+class SampleNode:
+    id: str
+    round: int
+    split: str
+    policy: str
+    sampling: dict
+
+
+@dataclass(frozen=True)
+class PrefNode:
+    id: str
+    round: int
+    split: str
+    sample: str
+    judge: dict
+    preferences: dict
+
+
+@dataclass(frozen=True)
+class ScoredNode:
+    id: str
+    round: int
+    split: str
+    prefs: tuple
+    reference: str
+    anchor: str
+
+
+@dataclass
+class Step:
+    """One position of a run's schedule, for tables and readable names."""
+
+    run: str
+    round: int
+    split: str
+    policy: str  # the policy *after* this step
+    reference: str
+    reference_moved: bool
+
+
+@dataclass
+class Plan:
+    sft: str
+    prompts: str
+    num_splits: int
+    eval_prompts: str = ""
+    external_sft: str | None = None  # a model folder or hub id given in the config
+    policies: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=dict)
+    prefs: dict = field(default_factory=dict)
+    scored: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)  # run -> list[Step]
+
+    # ---------------------------------------------------------------- paths
+    def policy_dir(self, policy_id: str) -> str:
+        """Where a policy is: its folder here, or (external SFT) the configured path or hub id."""
+        node = self.policies[policy_id]
+        if node.is_sft:
+            return self.external_sft or f"results/sft/{policy_id}/model"
+        return f"results/policies/r{node.round}/s{node.split}/{policy_id}/model"
+
+    def policy_inputs(self, policy_id: str) -> list[str]:
+        """The files a job needs for a policy: none for an external SFT (a hub id is no file)."""
+        if self.policies[policy_id].is_sft and self.external_sft:
+            return []
+        return [self.policy_dir(policy_id)]
+
+    def samples_path(self, sample_id: str) -> str:
+        node = self.samples[sample_id]
+        return f"results/samples/r{node.round}/s{node.split}/{sample_id}.parquet"
+
+    def prefs_path(self, pref_id: str, name: str = "prefs") -> str:
+        node = self.prefs[pref_id]
+        return f"results/prefs/r{node.round}/s{node.split}/{pref_id}/{name}.parquet"
+
+    def scored_path(self, scored_id: str) -> str:
+        node = self.scored[scored_id]
+        return f"results/scored/r{node.round}/s{node.split}/{scored_id}.parquet"
+
+    def prompts_path(self, split: int | str) -> str:
+        return f"results/prompts/{self.prompts}/shard-{split}.parquet"
+
+    def eval_prompts_path(self) -> str:
+        return f"results/prompts/eval-{self.eval_prompts}.parquet"
+
+    def final_policy(self, run: str) -> str:
+        return self.runs[run][-1].policy
+
+    def counts(self) -> dict:
+        return {
+            "policies": len(self.policies) - 1,
+            "samples": len(self.samples),
+            "prefs": len(self.prefs),
+            "scored": len(self.scored),
+        }
+
+
+def _section(config: dict, key: str) -> dict:
+    return dict(config.get(key) or {})
+
+
+def build_plan(config: dict) -> Plan:
+    """The plan of a *validated* config (see :func:`linepo.config.validate_config`)."""
+    policy_cfg = _section(config, "policy")
+    sft_recipe = {"sft": policy_cfg["sft"], "dtype": policy_cfg["dtype"]}
+    if policy_cfg["sft"] == "embedded":
+        sft_recipe["embedded"] = policy_cfg["embedded"]
+    sft_id = recipe_id("sft", sft_recipe)
+    prompts_cfg = _section(config, "prompts")
+    prompts_id = recipe_id("prompts", prompts_cfg)
+    plan = Plan(sft=sft_id, prompts=prompts_id, num_splits=prompts_cfg["num_splits"],
+                eval_prompts=recipe_id("prompts", _section(config, "eval_prompts")),
+                external_sft=None if policy_cfg["sft"] == "embedded" else policy_cfg["sft"])
+    plan.policies[sft_id] = PolicyNode(sft_id, 0, "sft")
+
+    sampling = _section(config, "sampling")
+    judge = _section(config, "judge")
+    preferences = _section(config, "preferences")
+    runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
+
+    def data_for(policy_id: str, round_: int, split: int) -> str:
+        """Sample → judge → pairs for a policy on a split; returns the prefs id."""
+        sample_id = recipe_id("sample", {"policy": policy_id, "prompts": prompts_id, "split": split,
+                                         "sampling": sampling, **runtime})
+        plan.samples.setdefault(sample_id, SampleNode(sample_id, round_, str(split), policy_id, sampling))
+        pref_id = recipe_id("judge", {"sample": sample_id, "judge": judge, "preferences": preferences})
+        plan.prefs.setdefault(pref_id, PrefNode(pref_id, round_, str(split), sample_id, judge, preferences))
+        return pref_id
+
+    def scored_for(pref_ids, reference: str, anchor: str, round_: int, split: str) -> str:
+        scored_id = recipe_id("score", {"prefs": list(pref_ids), "reference": reference, "anchor": anchor,
+                                        "scoring": _section(config, "scoring"), **runtime})
+        plan.scored.setdefault(scored_id, ScoredNode(scored_id, round_, split, tuple(pref_ids), reference, anchor))
+        return scored_id
+
+    def train(parent: str, reference: str, scored_id: str, settings: dict, round_: int, split: str) -> str:
+        policy_id = recipe_id("train", {"parent": parent, "reference": reference, "scored": scored_id,
+                                        **settings, **runtime})
+        plan.policies.setdefault(policy_id, PolicyNode(policy_id, round_, split, parent, reference,
+                                                       (scored_id,), settings))
+        return policy_id
+
+    for run_name, run in config.get("runs", {}).items():
+        loss, reference_rule = ALGORITHMS[run["algorithm"]]
+        steps = []
+        if run["algorithm"] in ONE_PASS:
+            settings = _step_settings(config, run, loss, round_=1)
+            pref_ids = [data_for(sft_id, 1, s) for s in range(plan.num_splits)]
+            scored_id = scored_for(pref_ids, sft_id, sft_id, 1, "all")
+            policy_id = train(sft_id, sft_id, scored_id, settings, 1, "all")
+            steps.append(Step(run_name, 1, "all", policy_id, sft_id, False))
+        else:
+            current, reference = sft_id, sft_id
+            moves = run["reference_moves"]
+            for round_ in range(1, run["rounds"] + 1):
+                moved = reference_rule == "moving" and round_ > 1 and (moves == "every_round" or round_ in moves)
+                if moved:
+                    reference = current
+                settings = _step_settings(config, run, loss, round_)
+                for split in range(plan.num_splits):
+                    step_reference = current if reference_rule == "current" else reference
+                    pref_id = data_for(current, round_, split)
+                    scored_id = scored_for([pref_id], step_reference, current, round_, str(split))
+                    current = train(current, step_reference, scored_id, settings, round_, str(split))
+                    steps.append(Step(run_name, round_, str(split), current, step_reference, moved and split == 0))
+        plan.runs[run_name] = steps
+    return plan
+
+
+def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
+    """Loss and training settings of one step: run values, then the round's overrides."""
+    override = run.get("round_overrides", {}).get(str(round_), {})
+    training = {**_section(config, "training"), **run.get("training", {}), **override.get("training", {})}
+    settings = {"loss": loss, "eta": override.get("eta", run["eta"]), "training": training}
+    if loss == "inpo":
+        settings["eta_tau"] = override.get("eta_tau", run["eta_tau"])
+    return settings
+
+
+def describe(plan: Plan) -> str:
+    lines = [f"SFT policy {plan.sft}; prompts {plan.prompts} in {plan.num_splits} splits"]
+    lines.append("nodes: " + ", ".join(f"{k}={v}" for k, v in plan.counts().items()))
+    for run, steps in plan.runs.items():
+        lines.append(f"run {run}: {len(steps)} steps, final {plan.policy_dir(steps[-1].policy)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from linepo.config import load_config
+
+    print(describe(build_plan(load_config(sys.argv[1] if len(sys.argv) > 1 else "config.yaml"))))

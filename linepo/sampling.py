@@ -1,0 +1,355 @@
+"""Sample n responses per prompt from a policy: one interface, two backends.
+
+    linepo sample --policy results/embedded/policy --prompts prompts.parquet \\
+        --out samples.parquet --n 5 --temperature 0.8 --top-p 1.0 --max-new-tokens 64 --seed 0
+
+    from linepo.sampling import SamplerSettings, make_sampler
+    sampler = make_sampler("results/embedded/policy", SamplerSettings(n=5, temperature=0.8))
+    rows = sampler.generate([{"prompt_id": "p0", "prompt": "Explain gravity."}], n=5)
+
+Rows are of the "samples" artefact kind (:mod:`linepo.schemas`), in input prompt order
+then ``sample_index``.
+
+Backend ``transformers`` (default) runs batched ``model.generate`` with left padding and
+the KV cache, prompts sorted by length so that a batch wastes little padding. Sampling
+is made reproducible per row rather than per batch: each row (prompt_id, sample_index)
+owns a ``torch.Generator`` seeded from (seed, prompt_id, sample_index), and the token is
+drawn by the Gumbel-max trick (argmax of log-probs + Gumbel noise from that generator),
+which is an exact sample of softmax(logits / temperature) after top-p. So a response
+does not depend on the batch size or on which other prompts share its batch (up to
+float rounding of batched matmuls, which can flip a near-tie), and the same inputs and
+settings give byte-identical parquet files on CPU.
+
+Backend ``vllm`` (optional extra ``linepo[vllm]``) maps the same settings onto
+``vllm.SamplingParams`` with a per-prompt seed; it is imported only when selected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from linepo.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample; every field is recorded in each row's ``sampler_settings``."""
+
+    n: int = 1  # samples per prompt
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
+    max_new_tokens: int = 64
+    seed: int = 0
+    batch_size: int = 32  # sequences (rows) per generate call; transformers backend only
+    backend: str = "transformers"
+    tensor_parallel_size: int = 1  # GPUs per model; vllm backend only
+
+    def validate(self) -> "SamplerSettings":
+        """Return self after checking every field.
+
+        Raises:
+            InputError: a field out of range; the message names the command-line flag.
+        """
+        def integer(value, low: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        checks = [
+            ("--n", integer(self.n, 1), "must be an integer >= 1"),
+            ("--temperature", number(self.temperature) and self.temperature >= 0, "must be a number >= 0"),
+            ("--top-p", number(self.top_p) and 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("--max-new-tokens", integer(self.max_new_tokens, 1), "must be an integer >= 1"),
+            ("--seed", integer(self.seed, 0), "must be an integer >= 0"),
+            ("--batch-size", integer(self.batch_size, 1), "must be an integer >= 1"),
+            ("--backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+            ("--tensor-parallel-size", integer(self.tensor_parallel_size, 1), "must be an integer >= 1"),
+        ]
+        for flag, ok, rule in checks:
+            if not ok:
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise InputError(f"{flag}: {rule}, got {value!r}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def row_seed(seed: int, prompt_id: str, sample_index: int | None = None) -> int:
+    """A 63-bit seed for one row (or one prompt when ``sample_index`` is None).
+
+    Derived from the ids, never from batch position, so that a row's randomness does not
+    depend on how prompts were batched.
+    """
+    key = f"{seed}\0{prompt_id}\0{'' if sample_index is None else sample_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def check_prompts(prompts) -> list[dict]:
+    """Return ``prompts`` as a list of ``{"prompt_id", "prompt"}`` dicts after checking them.
+
+    Raises:
+        InputError: a row without a string prompt_id/prompt, or a repeated prompt_id
+            (its samples would be indistinguishable downstream).
+    """
+    rows, seen = [], set()
+    for i, p in enumerate(prompts):
+        if not isinstance(p, dict) or not isinstance(p.get("prompt_id"), str) or not isinstance(p.get("prompt"), str):
+            raise InputError(f"prompts: row {i} needs string fields prompt_id and prompt")
+        if p["prompt_id"] in seen:
+            raise InputError(f"prompts: prompt_id {p['prompt_id']!r} appears more than once")
+        seen.add(p["prompt_id"])
+        rows.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"]})
+    return rows
+
+
+class Sampler:
+    """Common interface: ``generate(prompts, n) -> rows of kind "samples"``."""
+
+    settings: SamplerSettings
+
+    def generate(self, prompts: list[dict], n: int | None = None) -> list[dict]:
+        """``n`` samples (default ``settings.n``) of each ``{"prompt_id", "prompt"}``."""
+        settings = dataclasses.replace(self.settings, n=self.settings.n if n is None else n).validate()
+        prompts = check_prompts(prompts)
+        start = time.perf_counter()
+        rows = self._generate(prompts, settings)
+        seconds = max(time.perf_counter() - start, 1e-9)
+        tokens = sum(r["num_tokens"] for r in rows)
+        log.info(
+            "sampled %d rows (%d prompts x %d), %d tokens in %.1fs: %.1f rows/s, %.0f tokens/s [%s]",
+            len(rows), len(prompts), settings.n, tokens, seconds,
+            len(rows) / seconds, tokens / seconds, settings.backend,
+        )
+        return rows
+
+    def _generate(self, prompts: list[dict], settings: SamplerSettings) -> list[dict]:
+        raise NotImplementedError
+
+
+def make_sampler(
+    policy, settings: SamplerSettings, *, dtype: str = "auto", device=None, trust_remote_code: bool = False
+) -> Sampler:
+    """The sampler of ``settings.backend`` for the policy folder or hub id ``policy``.
+
+    Raises:
+        InputError: bad settings, a policy that cannot be loaded, or vllm not installed.
+    """
+    settings.validate()
+    if settings.backend == "vllm":
+        return VLLMSampler(policy, settings, dtype=dtype, trust_remote_code=trust_remote_code)
+    from linepo.models import load_policy
+
+    model, tokenizer = load_policy(policy, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return TransformersSampler(model, tokenizer, settings)
+
+
+# ----------------------------------------------------------------------------- transformers
+
+
+class _GumbelSampler:
+    """Logits processor that turns greedy decoding into per-row seeded sampling.
+
+    argmax(scores + Gumbel noise) is an exact sample of softmax(scores); the noise of row
+    r comes from its own generator, so it does not depend on the other rows of the batch.
+    """
+
+    def __init__(self, seeds: list[int], device):
+        import torch
+
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        vocab = scores.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])  # (B, V)
+        gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20, max=1 - 1e-7)))  # (B, V)
+        return scores + gumbel  # -inf (filtered by top-p) stays -inf
+
+
+class TransformersSampler(Sampler):
+    """Batched ``model.generate`` on an in-memory model (e.g. the policy being trained)."""
+
+    def __init__(self, model, tokenizer, settings: SamplerSettings = SamplerSettings()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings.validate()
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+    def generation_config(self, settings: SamplerSettings):
+        """Greedy decoding over our processors; the model's own sampling defaults are overridden.
+
+        A checkpoint's generation_config.json may set top_k, repetition_penalty, ...;
+        samples must come from the policy itself (its log-probs are what the losses use),
+        so only temperature and top-p shape the distribution.
+        """
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,  # the sampling is _GumbelSampler's argmax
+            num_beams=1,
+            # The library's neutral values, set explicitly so that the checkpoint's own
+            # values are not inherited (they would only trigger "flag ignored" warnings).
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            eos_token_id=self.eos_token_ids or None,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+        )
+
+    def _processors(self, seeds: list[int], settings: SamplerSettings, device):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        if settings.temperature == 0:  # greedy: every sample is the argmax
+            return LogitsProcessorList()
+        processors = [TemperatureLogitsWarper(settings.temperature)]
+        if settings.top_p < 1:
+            processors.append(TopPLogitsWarper(settings.top_p))
+        processors.append(_GumbelSampler(seeds, device))
+        return LogitsProcessorList(processors)
+
+    def _generate(self, prompts: list[dict], settings: SamplerSettings) -> list[dict]:
+        import torch
+        from tqdm.auto import tqdm
+
+        from linepo.models import encode_prompt
+
+        encoded = [encode_prompt(self.tokenizer, p["prompt"]) for p in prompts]
+        # One item per output row; longest prompts first so batches share similar lengths
+        # (and a batch that does not fit in memory fails at once, not at the end).
+        items = [(i, k) for i in range(len(prompts)) for k in range(settings.n)]
+        items.sort(key=lambda item: -len(encoded[item[0]]))
+        config = self.generation_config(settings)
+        device = next(self.model.parameters()).device
+        settings_json = settings.to_json()
+        results: dict[tuple[int, int], dict] = {}
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling a policy that is being trained
+        with tqdm(total=len(items), desc="sampling", unit="row", disable=None) as bar:
+            for start in range(0, len(items), settings.batch_size):
+                batch_items = items[start : start + settings.batch_size]
+                batch = self.tokenizer.pad(
+                    {"input_ids": [encoded[i] for i, _ in batch_items]},
+                    padding=True,
+                    return_tensors="pt",
+                    padding_side="left",
+                )
+                input_ids = batch["input_ids"].to(device)  # (B, T)
+                seeds = [row_seed(settings.seed, prompts[i]["prompt_id"], k) for i, k in batch_items]
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=batch["attention_mask"].to(device),
+                        generation_config=config,
+                        logits_processor=self._processors(seeds, settings, device),
+                    )  # (B, T + new)
+                generated = out[:, input_ids.shape[1] :].cpu()  # (B, new)
+                for (i, k), tokens in zip(batch_items, generated.tolist()):
+                    results[i, k] = self._row(prompts[i], k, tokens, settings_json)
+                bar.update(len(batch_items))
+        self.model.train(was_training)
+        return [results[i, k] for i in range(len(prompts)) for k in range(settings.n)]
+
+    def _row(self, prompt: dict, sample_index: int, tokens: list[int], settings_json: str) -> dict:
+        # Cut at the first EOS (kept and counted); what follows it is padding.
+        stop = next((j for j, t in enumerate(tokens) if t in self.eos_token_ids), None)
+        if stop is not None:
+            tokens, finish = tokens[: stop + 1], "stop"
+        else:
+            finish = "length"
+        return {
+            "prompt_id": prompt["prompt_id"],
+            "prompt": prompt["prompt"],
+            "sample_index": sample_index,
+            "response": self.tokenizer.decode(tokens, skip_special_tokens=True),
+            "num_tokens": len(tokens),
+            "finish_reason": finish,
+            "sampler_settings": settings_json,
+        }
+
+
+# ----------------------------------------------------------------------------- vllm
+
+
+class VLLMSampler(Sampler):
+    """vLLM's continuous batching, for GPUs; one seed per prompt, derived as for transformers.
+
+    Samples differ from the transformers backend's for the same seed (another RNG), but
+    follow the same distribution.
+    """
+
+    def __init__(self, policy, settings: SamplerSettings, *, dtype: str = "auto", trust_remote_code: bool = False):
+        try:
+            import vllm
+        except ImportError as err:
+            raise InputError(
+                "--backend: backend vllm needs the optional extra linepo[vllm] (pip install 'linepo[vllm]')"
+            ) from err
+        from linepo.models import resolve_policy
+
+        self.vllm = vllm
+        self.settings = settings.validate()
+        source = resolve_policy(policy)
+        self.llm = vllm.LLM(
+            model=source,
+            tokenizer=source,
+            dtype=dtype,
+            seed=settings.seed,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            trust_remote_code=trust_remote_code,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def sampling_params(self, settings: SamplerSettings, prompt_id: str):
+        return self.vllm.SamplingParams(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            seed=row_seed(settings.seed, prompt_id),
+        )
+
+    def _generate(self, prompts: list[dict], settings: SamplerSettings) -> list[dict]:
+        from linepo.models import encode_prompt
+
+        # Token ids, not text: vLLM would add BOS again to a chat-templated string.
+        inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p["prompt"])} for p in prompts]
+        params = [self.sampling_params(settings, p["prompt_id"]) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=True)
+        settings_json = settings.to_json()
+        rows = []
+        for prompt, output in zip(prompts, outputs):
+            for k, completion in enumerate(output.outputs):
+                rows.append(
+                    {
+                        "prompt_id": prompt["prompt_id"],
+                        "prompt": prompt["prompt"],
+                        "sample_index": k,
+                        "response": completion.text,
+                        "num_tokens": len(completion.token_ids),
+                        "finish_reason": "stop" if completion.finish_reason == "stop" else "length",
+                        "sampler_settings": settings_json,
+                    }
+                )
+        return rows

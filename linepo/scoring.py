@@ -1,0 +1,301 @@
+"""Summed response log-probs log π(y|x): the one implementation that scoring and training share.
+
+    linepo score --preferences results/x/preferences.parquet --reference results/sft/policy \\
+        --anchor results/x/policy --out results/x/scored.parquet --batch-size 32 --max-length 512
+
+    from linepo.scoring import sequence_logprobs, score_preferences
+    logps = sequence_logprobs(model, tokenizer, prompts, responses, batch_size=32, max_length=512)  # (B,)
+
+A sequence is ``encode_prompt(prompt) + tokens(response) + [EOS]``; log π(y|x) is the sum of
+the next-token log-probs at the response positions (the EOS included), nothing on the prompt.
+The trainer computes the policy's log-probs with the same :func:`tokenize_pairs` and
+:func:`response_logprobs` (with gradients), so at step 0 the policy's Δπ equals the
+scored Δref up to float rounding.
+
+Truncation (the same in scoring and training): a sequence longer than ``max_length`` first
+loses the *start* of its prompt, down to half of ``max_length`` when the response needs the
+room, then the *end* of its response. Both responses of a pair are truncated independently.
+
+:func:`score_preferences` turns a "preferences" parquet into a "scored" one: it adds
+log π_ref(y±|x) and log μ_k(y±|x), computed without gradients, so that training holds only
+the policy in memory. When the reference and the anchor are the same folder the model is
+loaded and run once.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from linepo.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Columns of a "scored" file that hold log-probs.
+LOGP_COLUMNS = ("reference_chosen_logp", "reference_rejected_logp", "anchor_chosen_logp", "anchor_rejected_logp")
+
+
+# ----------------------------------------------------------------------------- tokenisation
+
+
+def _truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+    """Fit prompt + response into ``max_length``: drop the prompt's start, then the response's end."""
+    if len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids, response_ids, False
+    keep_prompt = min(len(prompt_ids), max(max_length - len(response_ids), max_length // 2))
+    prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]
+    return prompt_ids, response_ids[: max_length - keep_prompt], True
+
+
+def _response_ids(tokenizer, responses) -> list[list[int]]:
+    """Token ids of each response followed by EOS (no special tokens otherwise)."""
+    if tokenizer.eos_token_id is None:
+        raise InputError("tokenizer: has no eos token; a response must end with one")
+    encoded = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if len(responses) else []
+    return [ids + [tokenizer.eos_token_id] for ids in encoded]
+
+
+def tokenize_responses(tokenizer, prompts, responses, *, max_length: int) -> list[dict]:
+    """``{"input_ids", "response_mask"}`` per (prompt, response): the sequences log π(y|x) sums over.
+
+    ``response_mask[t]`` is 1 where token t belongs to the response (EOS included): the
+    positions whose next-token log-prob is summed. Prompts go through
+    :func:`linepo.models.encode_prompt` (chat template when there is one).
+    """
+    from linepo.models import encode_prompt
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    cache: dict[str, list[int]] = {}
+    features, truncated = [], 0
+    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses)):
+        if prompt not in cache:
+            cache[prompt] = encode_prompt(tokenizer, prompt)
+        prompt_ids, response_ids, cut = _truncate(cache[prompt], response_ids, max_length)
+        truncated += cut
+        features.append({"input_ids": prompt_ids + response_ids,
+                         "response_mask": [0] * len(prompt_ids) + [1] * len(response_ids)})
+    if truncated:
+        log.warning("%d of %d sequences truncated to max_length=%d", truncated, len(features), max_length)
+    return features
+
+
+def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int) -> list[dict]:
+    """Per pair: ``chosen_input_ids``, ``chosen_response_mask``, ``rejected_input_ids``,
+    ``rejected_response_mask`` (see :func:`tokenize_responses`); what the trainer's batches hold."""
+    if not len(prompts) == len(chosen) == len(rejected):
+        raise ValueError(f"{len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected")
+    both = tokenize_responses(tokenizer, list(prompts) * 2, list(chosen) + list(rejected), max_length=max_length)
+    n = len(prompts)
+    return [
+        {"chosen_input_ids": c["input_ids"], "chosen_response_mask": c["response_mask"],
+         "rejected_input_ids": r["input_ids"], "rejected_response_mask": r["response_mask"]}
+        for c, r in zip(both[:n], both[n:])
+    ]
+
+
+def pad_sequences(sequences: list[list[int]], masks: list[list[int]], pad_token_id: int, padding_side: str = "right"):
+    """Pad to one width; returns ``input_ids``, ``attention_mask``, ``response_mask``, each (B, T) long."""
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, T)
+    response = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, T)
+    for i, (seq, mask) in enumerate(zip(sequences, masks)):
+        span = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
+        ids[i, span] = torch.tensor(seq, dtype=torch.long)
+        attention[i, span] = 1
+        response[i, span] = torch.tensor(mask, dtype=torch.long)
+    return ids, attention, response
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def response_logprobs(model, input_ids, attention_mask, response_mask):
+    """Summed log-probs of the response tokens of each row; shape (B,), float32.
+
+    Works with left or right padding: position ids count real tokens only. The float32
+    log-softmax is taken only at response positions, so memory grows with the number of
+    response tokens, not with B × T × V. Differentiable (training calls it with grad).
+
+    Args:
+        model: a causal LM (plain or wrapped by DDP/FSDP/DeepSpeed).
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1 on real tokens, 0 on padding.
+        response_mask: (B, T) 1 on response tokens (whose log-prob given the prefix is summed).
+    """
+    import torch
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits  # (B, T, V)
+    mask = response_mask[:, 1:].bool()  # (B, T-1): token t+1 is predicted at position t
+    targets = input_ids[:, 1:][mask]  # (N,)
+    selected = logits[:, :-1][mask].float()  # (N, V)
+    token_logps = selected.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(selected, dim=-1)  # (N,)
+    per_token = torch.zeros(mask.shape, dtype=token_logps.dtype, device=token_logps.device)
+    per_token = per_token.masked_scatter(mask, token_logps)  # (B, T-1)
+    return per_token.sum(-1)  # (B,)
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int = 32, max_length: int = 512,
+                      stats: dict | None = None):
+    """log π(response | prompt) summed over response tokens + EOS, without gradients; (B,) float32 on CPU.
+
+    Sequences are sorted by length and batched (longest first, so an out-of-memory error
+    comes at once); results come back in input order and do not depend on ``batch_size``
+    or on the tokenizer's padding side beyond float rounding. ``stats``, when given, gets
+    ``tokens`` (non-padding tokens run) added.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
+    features = tokenize_responses(tokenizer, prompts, responses, max_length=max_length)
+    out = torch.zeros(len(features), dtype=torch.float32)
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    device = _device_of(model)
+    side = getattr(tokenizer, "padding_side", "right") or "right"
+    was_training = model.training
+    model.eval()
+    tokens = 0
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start: start + batch_size]
+                ids, attention, response = pad_sequences(
+                    [features[i]["input_ids"] for i in rows], [features[i]["response_mask"] for i in rows],
+                    tokenizer.pad_token_id, side)
+                logps = response_logprobs(model, ids.to(device), attention.to(device), response.to(device))
+                out[torch.tensor(rows)] = logps.float().cpu()
+                tokens += int(attention.sum())
+    finally:
+        model.train(was_training)
+    if stats is not None:
+        stats["tokens"] = stats.get("tokens", 0) + tokens
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring a preference set
+
+
+def read_preferences(paths) -> "pyarrow.Table":  # noqa: F821
+    """One "preferences" table from one or several files, concatenated in the given order."""
+    import pyarrow as pa
+
+    from linepo.schemas import read_table
+
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if not paths:
+        raise InputError("--preferences: give at least one preferences file")
+    tables = [read_table(p, "preferences") for p in paths]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _same_policy(a, b) -> bool:
+    a, b = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return str(a) == str(b)
+
+
+def _score_with(path, prompts, chosen, rejected, *, batch_size, max_length, dtype, trust_remote_code):
+    """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
+    import torch
+
+    from linepo.models import load_policy
+
+    model, tokenizer = load_policy(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    stats: dict = {}
+    start = time.perf_counter()
+    try:
+        logps = sequence_logprobs(model, tokenizer, list(prompts) * 2, list(chosen) + list(rejected),
+                                  batch_size=batch_size, max_length=max_length, stats=stats)
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    seconds = time.perf_counter() - start
+    n = len(prompts)
+    return logps[:n], logps[n:], stats["tokens"], seconds
+
+
+def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: int = 32, max_length: int = 512,
+                      dtype: str = "auto", trust_remote_code: bool = False) -> dict:
+    """Write a "scored" parquet: the preference pairs plus log π_ref(y±|x) and log μ_k(y±|x).
+
+    Args:
+        prefs_path: a "preferences" parquet file, or a list of them (concatenated in order).
+        out_path: the "scored" parquet to write (atomically).
+        reference: folder (or hub id) of π_ref.
+        anchor: folder (or hub id) of μ_k, the policy that sampled the pairs; when it is
+            the same folder as ``reference`` the log-probs are computed once.
+        batch_size, max_length: sequences per forward pass; tokens per sequence (see the
+            module doc for truncation).
+        dtype: the models' dtype: "auto", "float32", "bfloat16" or "float16".
+
+    Returns:
+        stats: pairs, tokens, seconds, pairs_per_s, tokens_per_s, models_run.
+
+    Raises:
+        InputError: a missing or malformed preferences file, a policy that cannot be
+            loaded, a bad batch size or max length, or a non-finite log-prob.
+    """
+    from linepo.schemas import write_table
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
+    if max_length < 8:
+        raise InputError(f"--max-length: must be at least 8, got {max_length}")
+    if Path(out_path).suffix != ".parquet":
+        raise InputError(f"--out {out_path}: must end in .parquet")
+    table = read_preferences(prefs_path)
+    prompts = table.column("prompt").to_pylist()
+    chosen = table.column("chosen").to_pylist()
+    rejected = table.column("rejected").to_pylist()
+    kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, **kwargs)
+    models_run = 1
+    if _same_policy(reference, anchor):
+        anc_c, anc_r = ref_c, ref_r
+    else:
+        anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, **kwargs)
+        tokens, seconds, models_run = tokens + more_tokens, seconds + more_seconds, 2
+    columns = dict(zip(LOGP_COLUMNS, (ref_c, ref_r, anc_c, anc_r)))
+    for name, values in columns.items():
+        bad = [i for i, v in enumerate(values.tolist()) if not math.isfinite(v)]
+        if bad:
+            raise InputError(f"{name}: {len(bad)} non-finite log-probs (first at row {bad[0]}); check the policy")
+
+    rows = {name: table.column(name).to_pylist() for name in
+            ("prompt_id", "prompt", "chosen", "rejected", "chosen_win_rate", "rejected_win_rate")}
+    rows.update({name: values.double().tolist() for name, values in columns.items()})
+    pairs = len(prompts)
+    stats = {
+        "pairs": pairs,
+        "models_run": models_run,
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "pairs_per_s": round(pairs * models_run / seconds, 2) if seconds > 0 else None,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+    }
+    metadata = {"scoring": {"reference": str(reference), "anchor": str(anchor), "max_length": max_length,
+                            "dtype": dtype}}
+    write_table(rows, out_path, "scored", metadata=metadata)
+    log.info("scored %d pairs with %d model(s): %s pairs/s, %s tokens/s", pairs, models_run,
+             stats["pairs_per_s"], stats["tokens_per_s"])
+    return stats

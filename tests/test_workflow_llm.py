@@ -1,0 +1,138 @@
+"""The LLM workflow end to end on a tiny embedded setup, via the `snakemake` command line.
+
+Asserts what config changes replan (from `snakemake -n`), and that a run killed with
+SIGKILL mid-training resumes from its side checkpoint and ends byte-identical to an
+uninterrupted run.
+"""
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_utils import copy_workflow, edit_config, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "synthetic": {"settings": {}},
+    "policy": {"sft": "embedded", "embedded": {"steps": 40, "seed": 0}},
+    "prompts": {"source": "embedded", "max_prompts": 24, "num_splits": 2, "seed": 0},
+    "eval_prompts": {"source": "embedded", "max_prompts": 16},
+    "sampling": {"n": 3, "max_new_tokens": 12, "batch_size": 32, "temperature": 1.0},
+    "judge": {"type": "synthetic"},
+    "preferences": {"selection": "all_pairs"},
+    "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5.0e-4, "save_steps": 1},
+    "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 2}},
+}
+DATA_RULES = {"sample", "judge", "pairs", "score", "train"}
+
+
+def tiny_workflow(directory: Path, **overrides) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    copy_workflow(directory)
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config.update(overrides)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
+def dry_run(workdir) -> list[tuple[str, dict]]:
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return planned_jobs(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    directory = tiny_workflow(tmp_path_factory.mktemp("llm"))
+    result = snakemake(directory, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return directory
+
+
+def test_the_tiny_experiment_runs_and_reports_exploitability(workdir):
+    table = (workdir / "results/summary/exploitability.tsv").read_text().splitlines()
+    assert table[0].startswith("run\texploitability")
+    assert {line.split("\t")[0] for line in table[1:]} == {"sft", "inpo"}
+    steps = (workdir / "results/runs/inpo/steps.tsv").read_text().splitlines()
+    assert len(steps) == 1 + 2 * 2  # header + rounds × splits
+    assert dry_run(workdir) == []  # a second invocation has nothing to do
+
+
+def test_an_eval_only_change_plans_no_data_or_training_jobs(workdir):
+    edit_config(workdir, lambda c: c["eval_prompts"].update(max_prompts=8))
+    try:
+        jobs = dry_run(workdir)
+        assert jobs and not {rule for rule, _ in jobs} & DATA_RULES
+        assert {"eval_prompts", "exploitability"} <= {rule for rule, _ in jobs}
+    finally:
+        edit_config(workdir, lambda c: c["eval_prompts"].update(max_prompts=16))
+    assert dry_run(workdir) == []
+
+
+def test_a_round_2_change_plans_round_2_only_and_reverting_plans_nothing(workdir):
+    edit_config(workdir, lambda c: c["runs"]["inpo"].update(round_overrides={"2": {"eta": 5.0}}))
+    jobs = dry_run(workdir)
+    data_jobs = [(rule, w) for rule, w in jobs if rule in DATA_RULES]
+    assert data_jobs and all(w["round"] == "2" for _, w in data_jobs)
+    # Round 2 starts from round 1's last policy: its first samples are already there.
+    assert ("sample", {"round": "2", "split": "0"}) not in [(r, {k: w[k] for k in ("round", "split")}) for r, w in data_jobs]
+    edit_config(workdir, lambda c: c["runs"]["inpo"].pop("round_overrides"))
+    assert dry_run(workdir) == []
+
+
+def test_adding_linepo_next_to_inpo_plans_only_the_steps_after_the_reference_move(workdir):
+    linepo = {"algorithm": "linepo", "eta": 4.0, "eta_tau": 0.6, "rounds": 2, "reference_moves": "every_round"}
+    edit_config(workdir, lambda c: c["runs"].update(linepo=linepo))
+    try:
+        jobs = dry_run(workdir)
+        data_jobs = [(rule, w) for rule, w in jobs if rule in DATA_RULES]
+        assert data_jobs and all(w["round"] == "2" for _, w in data_jobs)
+        trains = sorted(w["split"] for rule, w in data_jobs if rule == "train")
+        assert trains == ["0", "1"]
+    finally:
+        edit_config(workdir, lambda c: c["runs"].pop("linepo"))
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_sigkill_mid_training_then_rerun_incomplete_matches_an_uninterrupted_run(tmp_path):
+    # Long enough training (many 1-pair steps, a checkpoint after each) to be killed mid-way.
+    overrides = {"training": {"epochs": 6, "batch_size": 1, "learning_rate": 5.0e-4, "save_steps": 2},
+                 "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 1}}}
+    reference = tiny_workflow(tmp_path / "reference", **overrides)
+    interrupted = tiny_workflow(tmp_path / "interrupted", **overrides)
+    target = "results/runs/inpo/steps.tsv"
+    assert snakemake(reference, target, "--cores", "1").returncode == 0
+
+    process = subprocess.Popen(["snakemake", target, "--cores", "1"], cwd=interrupted,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        states = list(interrupted.glob("results/policies/r1/s0/*/model.partial/checkpoint-*/trainer_state.json"))
+        if states:
+            break
+        assert process.poll() is None, "the run ended before a training checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not list(interrupted.glob("results/policies/r1/s1/*/model"))
+
+    # What a user does after a kill: release Snakemake's lock, then rerun the incomplete job.
+    assert snakemake(interrupted, "--unlock").returncode == 0
+    result = snakemake(interrupted, target, "--cores", "1", "--rerun-incomplete")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = next(interrupted.glob("logs/policies/r1/s0/*.log")).read_text()
+    resumed = int(log.split("(resumed at ")[1].split(")")[0])
+    assert resumed > 0, log[-2000:]
+    assert sha256_tree(interrupted / "results") == sha256_tree(reference / "results")
+    assert not list(interrupted.glob("results/policies/**/model.partial"))
