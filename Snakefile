@@ -1,7 +1,7 @@
 # linepo workflow: wiring only. Logic lives in the `linepo` package; rules call its CLI.
 #   snakemake --cores 2                # the embedded default experiment (config.yaml)
 #   snakemake synthetic --cores 2      # the paper's tabular games (Figures 1–2) only
-#   snakemake -n --configfile configs/paper.yaml   # plan the paper's LLM experiment
+#   snakemake -n --configfile configs/paper.yaml --replace-workflow-config   # the paper's LLM setting
 from pathlib import Path
 
 from snakemake.utils import min_version

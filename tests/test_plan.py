@@ -104,3 +104,20 @@ def test_a_large_paper_sized_plan_is_cheap():
     plan = plan_of(edit)
     # 18 steps each for iter_ipo, sppo, inpo; LINE-PO adds only its 6 round-3 steps.
     assert plan.counts()["policies"] == 2 + 18 * 3 + 6
+
+
+def test_the_paper_config_plans_without_downloading(tmp_path):
+    """configs/paper.yaml: 6 splits × 3 rounds; LINE-PO shares INPO's first two rounds."""
+    from linepo.config import load_config
+    from workflow_utils import copy_workflow, planned_jobs, snakemake
+
+    plan = build_plan(load_config(str(REPO / "configs/paper.yaml")))
+    assert plan.counts()["policies"] == 2 + 18 + 18 + 6
+    inpo, linepo = step_ids(plan, "inpo"), step_ids(plan, "linepo")
+    assert inpo[:12] == linepo[:12] and not set(inpo[12:]) & set(linepo[12:])
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "--configfile", "configs/paper.yaml", "--replace-workflow-config")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rules = [rule for rule, _ in planned_jobs(result.stdout)]
+    assert rules.count("train") == 44 and rules.count("sample") == 45
+    assert "synthetic_trajectory" not in rules

@@ -18,19 +18,20 @@ from pathlib import Path
 
 from linepo.errors import InputError
 
-SELECTIONS = ("best_vs_worst", "first_vs_second", "random_pair", "all_pairs")  # = linepo.preferences.SELECTIONS, kept light
+from linepo.preferences import SELECTIONS
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pairs",
-        help="select one preference pair per prompt from judged samples (best vs worst / best vs second)",
+        help="preference pairs from judged samples (best vs worst, best vs second, oracle-labelled pairs)",
         description=__doc__.splitlines()[0],
     )
     parser.add_argument("--samples", required=True, type=Path, help="the samples parquet file that was judged")
     parser.add_argument("--judgments", required=True, type=Path, help="the judgments parquet file of `linepo judge`")
     parser.add_argument("--selection", default="best_vs_worst", choices=SELECTIONS,
-                        help="best_vs_worst (the paper's text) or first_vs_second (its public code); "
+                        help="best_vs_worst (the paper's text), first_vs_second (its public code), "
+                             "random_pair or all_pairs (judged pairs labelled by the oracle's outcome); "
                              "default %(default)s")
     parser.add_argument("--use-outcomes", action="store_true",
                         help="score with the sampled 0/1 oracle outcomes instead of the probabilities")

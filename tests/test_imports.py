@@ -1,0 +1,22 @@
+"""Stages that need no model must not pay torch's import (3.5–4.5 s per job process)."""
+
+import subprocess
+import sys
+
+MODEL_FREE = ["linepo.cli", "linepo.config", "linepo.plan", "linepo.judges", "linepo.preferences",
+              "linepo.synthetic", "linepo.games", "linepo.prompts", "linepo.schemas"]
+
+
+def test_model_free_stages_do_not_import_torch():
+    code = (
+        "import sys, importlib\n"
+        f"for name in {MODEL_FREE!r}: importlib.import_module(name)\n"
+        "from linepo.cli import build_parser\n"
+        "build_parser()\n"
+        "from linepo.judges import make_judge\n"
+        "make_judge({'type': 'synthetic'})\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
