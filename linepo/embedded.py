@@ -327,16 +327,14 @@ def style_token_ids(tokenizer, prompt: str = "Explain gravity.") -> dict[str, in
         InputError: some style word is not a single token after the assistant marker
             (the policy is not an embedded one).
     """
-    from linepo.models import encode_prompt, format_prompt
+    from linepo.models import first_response_token_ids
 
-    base = encode_prompt(tokenizer, prompt)
-    text = format_prompt(tokenizer, prompt)
     ids = {}
     for style, word in STYLE_FIRST_WORDS.items():
-        with_word = tokenizer(text + word, add_special_tokens=False)["input_ids"]
-        if len(with_word) != len(base) + 1 or with_word[: len(base)] != base:
+        found = first_response_token_ids(tokenizer, [word], prompt)
+        if found is None:
             raise InputError(f"tokenizer: style word {word!r} is not a single token after the assistant marker")
-        ids[style] = with_word[-1]
+        ids[style] = found[word]
     return ids
 
 

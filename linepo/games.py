@@ -198,7 +198,7 @@ def mirror_descent(matrix, init, *, eta: float, iterations: int) -> Trajectory:
     for _ in range(iterations):
         pi = policies[-1]
         policies.append(prox(pi, eta * win_rates_against(matrix, pi)))
-    return _trajectory("md", matrix, policies, eta=eta)
+    return trajectory_of("md", matrix, policies, eta=eta)
 
 
 def regularized_step(matrix, mu, reference, *, eta: float, tau: float) -> np.ndarray:
@@ -219,7 +219,7 @@ def inpo(matrix, init, *, eta: float, tau: float, iterations: int, reference=Non
     policies = [init]
     for _ in range(iterations):
         policies.append(regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau))
-    return _trajectory("inpo", matrix, policies, eta=eta, tau=tau)
+    return trajectory_of("inpo", matrix, policies, eta=eta, tau=tau)
 
 
 def linepo(matrix, init, *, eta: float, tau: float, inner_steps: int, iterations: int) -> Trajectory:
@@ -234,9 +234,8 @@ def linepo(matrix, init, *, eta: float, tau: float, inner_steps: int, iterations
         policies.append(regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau))
         if step % inner_steps == 0:
             reference = policies[-1]
-    # Iterate k ≥ 1 was produced in outer round ⌈k / inner_steps⌉; iterate 0 opens round 1.
-    rounds = [1] + [(k - 1) // inner_steps + 1 for k in range(1, iterations + 1)]
-    return _trajectory("linepo", matrix, policies, rounds=rounds, eta=eta, tau=tau, inner_steps=inner_steps)
+    return trajectory_of("linepo", matrix, policies, rounds=outer_rounds(iterations, inner_steps),
+                         eta=eta, tau=tau, inner_steps=inner_steps)
 
 
 def optimistic_mwu(matrix, init, *, eta: float, iterations: int) -> Trajectory:
@@ -247,7 +246,7 @@ def optimistic_mwu(matrix, init, *, eta: float, iterations: int) -> Trajectory:
         gradient = win_rates_against(matrix, policies[-1])
         policies.append(prox(policies[-1], eta * (2 * gradient - previous_gradient)))
         previous_gradient = gradient
-    return _trajectory("omwu", matrix, policies, eta=eta)
+    return trajectory_of("omwu", matrix, policies, eta=eta)
 
 
 def mirror_prox(matrix, init, *, eta: float, iterations: int) -> Trajectory:
@@ -257,10 +256,19 @@ def mirror_prox(matrix, init, *, eta: float, iterations: int) -> Trajectory:
         pi = policies[-1]
         half = prox(pi, eta * win_rates_against(matrix, pi))
         policies.append(prox(pi, eta * win_rates_against(matrix, half)))
-    return _trajectory("mirror_prox", matrix, policies, eta=eta)
+    return trajectory_of("mirror_prox", matrix, policies, eta=eta)
 
 
-def _trajectory(algorithm, matrix, policies, *, rounds=None, **params) -> Trajectory:
+def outer_rounds(iterations: int, inner_steps: int) -> list[int]:
+    """Outer round of iterates 0..iterations when the reference moves every ``inner_steps``.
+
+    Iterate k ≥ 1 was produced in round ⌈k / inner_steps⌉; iterate 0 opens round 1.
+    """
+    return [1] + [(k - 1) // inner_steps + 1 for k in range(1, iterations + 1)]
+
+
+def trajectory_of(algorithm, matrix, policies, *, rounds=None, **params) -> Trajectory:
+    """A :class:`Trajectory` from a list of iterates (all in round 1 unless ``rounds``)."""
     policies = np.vstack(policies)
     if rounds is None:
         rounds = np.ones(len(policies), dtype=int)

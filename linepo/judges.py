@@ -35,14 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
+from linepo.embedded import STYLE_FIRST_WORDS, STYLES  # numpy-only at import time
 from linepo.errors import InputError
 from linepo.games import InvalidGameError, PAPER_MATRIX, duality_gap, nash_policy, validate_policy
 from linepo.games import validate_preference_matrix
 
 #: Categories of the embedded policy's styles, in the order of PAPER_MATRIX's rows (a, b, c).
-DEFAULT_CATEGORIES = ("brief", "plain", "detailed")
-#: First words of the embedded policy's responses (see :mod:`linepo.embedded`).
-DEFAULT_FIRST_WORDS = {"Briefly": "brief", "Sure": "plain", "Certainly": "detailed"}
+DEFAULT_CATEGORIES = STYLES
+#: First words of the embedded policy's responses.
+DEFAULT_FIRST_WORDS = {word: style for style, word in STYLE_FIRST_WORDS.items()}
 UNMATCHED = "unmatched"
 
 DEFAULT_JUDGE_CONFIG = {

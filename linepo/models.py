@@ -183,3 +183,20 @@ def first_response_token_probs(model, tokenizer, prompts, batch_size: int = 64):
             logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions).logits
         rows.append(torch.softmax(logits[:, -1, :].double(), dim=-1).cpu())  # (B, V)
     return torch.cat(rows) if rows else torch.zeros(0, model.config.vocab_size, dtype=torch.float64)
+
+
+def first_response_token_ids(tokenizer, words, prompt: str = "Hello.") -> dict[str, int] | None:
+    """The token id of each word as the first response token, or None if one is not one token.
+
+    A word counts as one token when appending it to the formatted prompt adds exactly one
+    token and leaves the prompt's tokens unchanged.
+    """
+    base = encode_prompt(tokenizer, prompt)
+    text = format_prompt(tokenizer, prompt)
+    ids = {}
+    for word in words:
+        with_word = tokenizer(text + word, add_special_tokens=False)["input_ids"]
+        if len(with_word) != len(base) + 1 or with_word[: len(base)] != base:
+            return None
+        ids[word] = with_word[-1]
+    return ids

@@ -20,28 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def first_word_token_ids(tokenizer, words, prompt: str = "Hello.") -> dict[str, int] | None:
-    """The token id of each word as the first response token, or None if one is not a token."""
-    from linepo.models import encode_prompt, format_prompt
-
-    base = encode_prompt(tokenizer, prompt)
-    text = format_prompt(tokenizer, prompt)
-    ids = {}
-    for word in words:
-        with_word = tokenizer(text + word, add_special_tokens=False)["input_ids"]
-        if len(with_word) != len(base) + 1 or with_word[: len(base)] != base:
-            return None
-        ids[word] = with_word[-1]
-    return ids
-
-
 def exact_category_probs(model, tokenizer, prompts, judge, batch_size: int = 64) -> np.ndarray | None:
     """(num_prompts, k+1) category probabilities from the first response token, or None."""
-    from linepo.models import first_response_token_probs
+    from linepo.models import first_response_token_ids, first_response_token_probs
 
     if judge.rule != "first_word" or not judge.case_sensitive:
         return None  # a case-folded first word has many spellings: estimate instead
-    token_ids = first_word_token_ids(tokenizer, list(judge.first_words))
+    token_ids = first_response_token_ids(tokenizer, list(judge.first_words))
     if token_ids is None:
         return None
     k = len(judge.categories)

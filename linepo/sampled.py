@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linepo.games import Trajectory
+from linepo.games import Trajectory, outer_rounds, trajectory_of
 
 #: algorithm -> (loss name, how the reference evolves)
 SAMPLED_ALGORITHMS = {
@@ -138,13 +138,9 @@ def run_sampled(
         policies.append(updated / updated.sum())
         if reference_rule == "moving" and step % inner_steps == 0:
             reference = policies[-1]
-    if reference_rule == "moving":
-        rounds = [1] + [(k - 1) // inner_steps + 1 for k in range(1, iterations + 1)]
-    else:
-        rounds = None
     params = dict(eta=eta, tau=tau, samples=samples, seed=seed)
+    rounds = None
     if reference_rule == "moving":
         params["inner_steps"] = inner_steps
-    policies = np.vstack(policies)
-    rounds = np.ones(len(policies), dtype=int) if rounds is None else np.asarray(rounds)
-    return Trajectory(algorithm, np.asarray(matrix), policies, rounds, params)
+        rounds = outer_rounds(iterations, inner_steps)
+    return trajectory_of(algorithm, matrix, policies, rounds=rounds, **params)

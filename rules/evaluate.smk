@@ -42,17 +42,6 @@ rule exploitability_table:
         "linepo exploitability-table {params.reports} --out {output}"
 
 
-rule run_target:
-    input:
-        "results/runs/{run}/steps.tsv",
-        lambda wc: f"results/eval/exploitability/{PLAN.final_policy(wc.run)}.json" if SYNTHETIC_JUDGE else [],
-    output:
-        touch("results/runs/{run}/done"),
-    wildcard_constraints:
-        run="[A-Za-z0-9_]+",
-    localrule: True
-
-
 LLM_TARGETS = [f"results/runs/{run}/steps.tsv" for run in PLAN.runs]
 if SYNTHETIC_JUDGE and PLAN.runs:
     LLM_TARGETS.append("results/summary/exploitability.tsv")

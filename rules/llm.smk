@@ -3,7 +3,7 @@
 # with content-addressed node ids from linepo.plan: shared steps run once, a changed
 # parameter makes new ids from that step on, and changing it back finds the old files.
 #   snakemake --cores 2                 # everything in config.yaml
-#   snakemake run_linepo --cores 2      # one run's final policy and step table
+#   snakemake results/runs/linepo/steps.tsv --cores 2   # one run, up to its final policy
 import json
 
 from linepo.plan import build_plan
