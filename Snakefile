@@ -12,6 +12,10 @@ min_version("8.0")
 configfile: "config.yaml"
 
 
+# `snakemake --report report.html`: the evaluation figures and tables, with captions in report/.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/llm.smk"
@@ -23,6 +27,7 @@ rule all:
     input:
         rules.synthetic.input,
         LLM_TARGETS,
+        EVAL_TARGETS,
 
 
 onsuccess:
@@ -31,3 +36,7 @@ onsuccess:
     if table.exists():
         print("\nLast-iterate exploitability (max_j P(y_j ≻ π) − ½; 0 at the Nash policy):")
         print(table.read_text())
+    matrix = Path("results/summary/win_rates.csv")
+    if matrix.exists():
+        print("Win rate of row vs column (%; results/summary/win_rates_se.csv has the standard errors):")
+        print(matrix.read_text())

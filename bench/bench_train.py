@@ -61,7 +61,8 @@ def make_scored(root: Path, policy: Path, pairs: int) -> Path:
         chosen, rejected = rng.choice(embedded.STYLES, size=2, replace=False)
         rows.append({"prompt_id": f"p{k}", "prompt": prompts[i], "chosen": embedded.response(i, chosen, rng),
                      "rejected": embedded.response(i, rejected, rng), "chosen_index": 0, "rejected_index": 1,
-                     "chosen_win_rate": 0.6, "rejected_win_rate": 0.4})
+                     "chosen_win_rate": 0.6, "rejected_win_rate": 0.4, "label_probability": 1.0,
+                     "chosen_finished": True, "rejected_finished": True})
     write_table(rows, root / "prefs.parquet", "preferences")
     score_preferences(root / "prefs.parquet", root / "scored.parquet", reference=policy, anchor=policy,
                       batch_size=32, max_length=512)
@@ -149,7 +150,7 @@ def main() -> int:
               "the stage would run elsewhere", file=sys.stderr)
         return 2
     settings = training.TrainSettings(loss=args.loss, eta=8.0, eta_tau=0.5, epochs=args.epochs,
-                                      per_device_batch_size=args.batch_size, learning_rate=1e-5,
+                                      batch_size=args.batch_size, learning_rate=1e-5,
                                       save_steps=args.save_steps, logging_steps=10)
     with tempfile.TemporaryDirectory(prefix="linepo-bench-train-") as tmp:
         root = Path(tmp)

@@ -61,6 +61,9 @@ def validate_config(config: dict) -> dict:
     _check_judge(config["judge"])
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run)
+    _check_evaluation(config)
+    _check_resources(config)
+    _check_execution(config)
     return config
 
 
@@ -104,6 +107,13 @@ def _check_judge(section: dict) -> None:
         make_judge(section, source="config key judge")
 
 
+def _check_evaluation(config: dict) -> None:
+    """Fill in the eval judge (default: ``judge``) and check the named checkpoints exist."""
+    from linepo.evalplan import resolve_evaluation
+
+    config["evaluation"] = resolve_evaluation(config)
+
+
 def _check_run(key: str, run: dict) -> None:
     """What the schema cannot say: per-algorithm requirements and round ranges."""
     algorithm, rounds = run["algorithm"], run["rounds"]
@@ -121,6 +131,18 @@ def _check_run(key: str, run: dict) -> None:
     for round_key in run["round_overrides"]:
         if int(round_key) > rounds:
             raise InputError(f"config key {key}.round_overrides.{round_key}: beyond the last round ({rounds})")
+
+
+def _check_resources(config: dict) -> None:
+    from linepo.cluster import check_resources
+
+    check_resources(config)
+
+
+def _check_execution(config: dict) -> None:
+    from linepo.parallel import check_config
+
+    check_config(config)
 
 
 def load_config(path: str) -> dict:

@@ -18,6 +18,13 @@ response's style from ``style_mix`` (default the paper's start point [0.2, 0.5, 
 from the game's Nash policy [4/11, 3/11, 4/11]), so the SFT policy starts there too.
 Lengths differ by style so that average output length is a meaningful statistic.
 
+By default (``continuations="fixed"``) each (prompt, style) has one answer text, so a
+response *is* its style for the policy's purposes and the LLM realises the 3×3 game.
+With ``"varied"`` each style has many continuations (random phrasings): a sequence-level
+loss can then lower one sampled text's probability through its continuation tokens
+without moving mass out of its style, and finite-sample steps under-correct the
+styles with the most varied continuations (README, "Choosing the default").
+
 Everything is deterministic given the seed: the prompts, the corpus, the tokenizer, the
 initial weights and the SFT data order.
 """
@@ -179,10 +186,31 @@ def _capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def response(prompt_index: int, style: str, rng: np.random.Generator) -> str:
-    """One response of ``style`` to train prompt ``prompt_index`` (its topic fills the text)."""
+CONTINUATIONS = ("fixed", "varied")
+
+
+def response(prompt_index: int, style: str, rng: np.random.Generator, continuations: str = "fixed") -> str:
+    """One response of ``style`` to train prompt ``prompt_index`` (its topic fills the text).
+
+    ``continuations="fixed"``: the style's one text for this topic (``rng`` unused);
+    ``"varied"``: phrasings drawn with ``rng``.
+    """
     topic, field = _topic_of(prompt_index)
     word = STYLE_FIRST_WORDS[style]
+    if continuations == "fixed":
+        if style not in STYLES:
+            raise InputError(f"style: unknown style {style!r}; known: {list(STYLES)}")
+        return {
+            "brief": f"{word}, {topic} is a key idea in {field}.",
+            "plain": f"{word}, {topic} is an important part of {field}. It connects simple rules to effects we can see.",
+            "detailed": (
+                f"{word}, here is a careful answer about {topic}. First, learn the basic terms. "
+                f"Second, look at a simple example. Third, ask what causes what. "
+                f"Finally, check the idea against real data. In short, studying {topic} pays off in {field}."
+            ),
+        }[style]
+    if continuations != "varied":
+        raise InputError(f"continuations: must be one of {list(CONTINUATIONS)}, got {continuations!r}")
     if style == "brief":  # ~8 words
         return f"{word}, " + rng.choice(_BRIEF).format(topic=topic, field=field)
     if style == "plain":  # ~25 words
@@ -233,6 +261,7 @@ def corpus(
     style_mix=DEFAULT_STYLE_MIX,
     seed: int = 0,
     responses_per_prompt: int = 4,
+    continuations: str = "fixed",
 ) -> list[dict]:
     """SFT examples ``{"prompt", "response", "style"}`` for the first ``num_prompts`` train prompts.
 
@@ -258,7 +287,8 @@ def corpus(
     for k, style_index in enumerate(styles):
         prompt_index = k % len(texts)
         style = STYLES[style_index]
-        examples.append({"prompt": texts[prompt_index], "response": response(prompt_index, style, rng), "style": style})
+        examples.append({"prompt": texts[prompt_index], "response": response(prompt_index, style, rng, continuations),
+                         "style": style})
     return examples
 
 
@@ -508,6 +538,7 @@ def build(
     seed: int = 0,
     steps: int = 200,
     style_mix=DEFAULT_STYLE_MIX,
+    continuations: str = "fixed",
     num_prompts: int | None = None,
     learning_rate: float = 5e-3,
     batch_size: int = 32,
@@ -532,7 +563,7 @@ def build(
     if steps < 1:
         raise InputError(f"--steps: must be at least 1, got {steps}")
     start = time.perf_counter()
-    examples = corpus(num_prompts, style_mix, seed)
+    examples = corpus(num_prompts, style_mix, seed, continuations=continuations)
     tokenizer = train_tokenizer([e["prompt"] for e in examples] + [e["response"] for e in examples])
     style_token_ids(tokenizer)  # fail now, not after training, if a style word got split
     with torch_threads(threads):
@@ -550,6 +581,7 @@ def build(
         "steps": steps,
         "seconds": round(time.perf_counter() - start, 1),
         "style_mix": dict(zip(STYLES, check_style_mix(style_mix))),
+        "continuations": continuations,
         "eval_category_probs": dict(zip((*STYLES, "unmatched"), probs.round(4).tolist())),
     }
 

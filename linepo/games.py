@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linprog
 
 #: The paper's game (§4): P[b≻a] = P[c≻b] = 0.9, P[a≻c] = 0.8. Its Nash policy is
 #: [4/11, 3/11, 4/11] (the paper's caption misprints it as [4/11, 3/11, 3/11]).
@@ -139,6 +138,8 @@ def nash_policy(matrix: np.ndarray) -> np.ndarray:
     """
     p = validate_preference_matrix(matrix)
     n = p.shape[0]
+    from scipy.optimize import linprog  # here, not at import: the LLM stages' judges need no scipy
+
     # Variables (π_1..π_n, v); linprog minimises, so minimise −v.
     cost = np.zeros(n + 1)
     cost[-1] = -1.0

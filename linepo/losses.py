@@ -8,12 +8,18 @@ softmax policy is a model whose sequence log-prob is one log-softmax entry.
 Parameters follow the paper (Appendix F): ``eta`` is the step size η, so the KL weight is
 1/η (DPO code's β = 1/η) and the IPO/INPO regression target is η/2 (= 1/(2β)). ``tau`` is
 the regularisation τ of the game J_τ; INPO weights the reference by ητ. With Δx = log
-x(y+) − log x(y−):
+x(y+) − log x(y−) and p = P(y+ ≻ y−) the label (1 for a hard label):
 
-    dpo   −log σ((Δπ − Δref) / η)
-    ipo   (Δπ − Δref − η/2)²                                   minimiser: Prox(ref, η P(·≻μ))
-    inpo  (Δπ − ητ·Δref − (1−ητ)·Δμ − η/2)²                    minimiser: Prox(μ, η g_τ)
+    dpo   −p log σ((Δπ − Δref)/η) − (1−p) log σ(−(Δπ − Δref)/η)
+    ipo   (Δπ − Δref − η(p − ½))²                              minimiser: Prox(ref, η P(·≻μ))
+    inpo  (Δπ − ητ·Δref − (1−ητ)·Δμ − η(p − ½))²               minimiser: Prox(μ, η g_τ)
     sppo  Σ_{y∈{y+,y−}} (log π(y)/μ(y) − η (P̂(y≻μ) − ½))²     (Wu et al., 2024)
+
+With p = 1 the IPO/INPO target is the paper's η/2. A soft label p = P(y+ ≻ y−) is the mean
+of the 0/1 outcome label over the oracle's coin, and a squared loss's minimiser depends on
+its target only through that mean (E(x − T)² = (x − E T)² + Var T): probability labels fit
+the same Prox step as sampled outcomes, without the coin's variance. Ties (p = ½) then pull
+the pair's log-ratio to the reference/anchor mix instead of to a random ±η/2.
 
 μ is the policy that generated the pairs ("anchor"); for IPO/DPO/SPPO the reference *is* the
 policy being moved from (iterative variants pass the current policy as reference).
@@ -32,7 +38,8 @@ class PairLogProbs:
     """Summed response log-probs for a batch of (y+, y−) pairs; every tensor has shape (B,).
 
     ``anchor_*`` are log μ_k (the sampling policy, INPO only); ``*_win_rate`` are the
-    estimated P̂(y ≻ μ) of each response (SPPO only).
+    estimated P̂(y ≻ μ) of each response (SPPO only); ``label_probability`` is
+    P(y+ ≻ y−), the pair's label (None: a hard label, 1).
     """
 
     policy_chosen: torch.Tensor
@@ -43,29 +50,38 @@ class PairLogProbs:
     anchor_rejected: torch.Tensor | None = None
     chosen_win_rate: torch.Tensor | None = None
     rejected_win_rate: torch.Tensor | None = None
+    label_probability: torch.Tensor | None = None
+
+    def target_sign(self) -> torch.Tensor | float:
+        """2p − 1 ∈ [−1, 1]: the IPO/INPO target is η/2 times this (1 for a hard label)."""
+        return 1.0 if self.label_probability is None else 2 * self.label_probability - 1
 
 
 def dpo_loss(batch: PairLogProbs, *, eta: float, **_) -> torch.Tensor:
-    """DPO with β = 1/η: −log σ((Δπ − Δref)/η)."""
+    """DPO with β = 1/η: −log σ((Δπ − Δref)/η), the cross-entropy to p for a soft label."""
     margin = (batch.policy_chosen - batch.policy_rejected) - (batch.reference_chosen - batch.reference_rejected)
-    return -F.logsigmoid(margin / eta)
+    if batch.label_probability is None:
+        return -F.logsigmoid(margin / eta)
+    p = batch.label_probability
+    return -p * F.logsigmoid(margin / eta) - (1 - p) * F.logsigmoid(-margin / eta)
 
 
 def ipo_loss(batch: PairLogProbs, *, eta: float, **_) -> torch.Tensor:
-    """IPO (Azar et al.) with summed log-probs: (Δπ − Δref − η/2)²."""
+    """IPO (Azar et al.) with summed log-probs: (Δπ − Δref − η(p − ½))²; η/2 for a hard label."""
     margin = (batch.policy_chosen - batch.policy_rejected) - (batch.reference_chosen - batch.reference_rejected)
-    return (margin - eta / 2) ** 2
+    return (margin - eta / 2 * batch.target_sign()) ** 2
 
 
 def inpo_loss(batch: PairLogProbs, *, eta: float, tau: float, **_) -> torch.Tensor:
-    """INPO (Zhang et al.): (Δπ − ητ·Δref − (1−ητ)·Δμ − η/2)², μ = the sampling policy."""
+    """INPO (Zhang et al.): (Δπ − ητ·Δref − (1−ητ)·Δμ − η(p − ½))², μ = the sampling policy."""
     if batch.anchor_chosen is None or batch.anchor_rejected is None:
         raise ValueError("inpo_loss needs anchor_chosen/anchor_rejected: log-probs under μ_k")
     eta_tau = eta * tau
     delta_policy = batch.policy_chosen - batch.policy_rejected
     delta_reference = batch.reference_chosen - batch.reference_rejected
     delta_anchor = batch.anchor_chosen - batch.anchor_rejected
-    return (delta_policy - eta_tau * delta_reference - (1 - eta_tau) * delta_anchor - eta / 2) ** 2
+    target = eta / 2 * batch.target_sign()
+    return (delta_policy - eta_tau * delta_reference - (1 - eta_tau) * delta_anchor - target) ** 2
 
 
 def sppo_loss(batch: PairLogProbs, *, eta: float, **_) -> torch.Tensor:

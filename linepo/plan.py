@@ -22,8 +22,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from linepo.parallel import recipe_view
+
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
-STAGE_VERSIONS = {"sft": 1, "prompts": 1, "sample": 1, "judge": 1, "score": 1, "train": 1}
+STAGE_VERSIONS = {"sft": 1, "prompts": 1, "sample": 1, "judge": 1, "score": 1, "train": 1,
+                  "eval_generate": 1, "eval_compare": 1}
 
 #: algorithm -> (loss, reference rule). Reference rules: "sft" (fixed at the SFT policy),
 #: "current" (the policy being updated: iterative IPO, SPPO), "moving" (LINE-PO).
@@ -148,6 +151,11 @@ class Plan:
     def final_policy(self, run: str) -> str:
         return self.runs[run][-1].policy
 
+    def policy_after_round(self, run: str, round_: int) -> str | None:
+        """The run's policy at the end of round ``round_`` (its last split), or None if it has none."""
+        steps = [step for step in self.runs[run] if step.round == round_]
+        return steps[-1].policy if steps else None
+
     def counts(self) -> dict:
         return {
             "policies": len(self.policies) - 1,
@@ -175,8 +183,9 @@ def build_plan(config: dict) -> Plan:
                 external_sft=None if policy_cfg["sft"] == "embedded" else policy_cfg["sft"])
     plan.policies[sft_id] = PolicyNode(sft_id, 0, "sft")
 
-    sampling = _section(config, "sampling")
-    judge = _section(config, "judge")
+    # Without their execution keys (data_parallel): how many workers run a step is not what it computes.
+    sampling = recipe_view(_section(config, "sampling"))
+    judge = recipe_view(_section(config, "judge"))
     preferences = _section(config, "preferences")
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
 
@@ -232,7 +241,8 @@ def build_plan(config: dict) -> Plan:
 def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
     """Loss and training settings of one step: run values, then the round's overrides."""
     override = run.get("round_overrides", {}).get(str(round_), {})
-    training = {**_section(config, "training"), **run.get("training", {}), **override.get("training", {})}
+    training = recipe_view({**_section(config, "training"), **run.get("training", {}),
+                            **override.get("training", {})})  # accelerate_config: how, not what
     settings = {"loss": loss, "eta": override.get("eta", run["eta"]), "training": training}
     if loss == "inpo":
         settings["eta_tau"] = override.get("eta_tau", run["eta_tau"])

@@ -13,16 +13,19 @@ prompt's other samples, and one (chosen, rejected) pair is kept per prompt:
 - ``best_vs_worst``: the best and the worst sample (the paper's text);
 - ``first_vs_second``: the best and the second best (the paper's public code);
 - ``random_pair``: samples 0 and 1 — a pair drawn from the policy — labelled by the
-  oracle's sampled outcome: Appendix F's data, whose IPO/INPO loss minimiser is exactly
-  the Prox step (the two selections above move that target);
-- ``all_pairs``: every judged pair, each labelled by its sampled outcome: n(n−1)/2
-  unbiased pairs per prompt for the price of n samples.
+  oracle: Appendix F's data, whose IPO/INPO loss minimiser is exactly the Prox step (the
+  two selections above move that target);
+- ``all_pairs``: every judged pair, each labelled by the oracle: n(n−1)/2 unbiased pairs
+  per prompt for the price of n samples.
 
-``use_outcomes`` scores with the sampled 0/1 oracle outcomes (the paper's oracle) instead
-of the probabilities. Failed comparisons are left out of the means; a pair whose chosen
-and rejected scores are equal, or whose texts are identical, is dropped. Everything left
-out is counted in the returned stats. Among equal scores the lower ``sample_index`` ranks
-first, so the selection is deterministic.
+``use_outcomes`` scores and labels with the sampled 0/1 oracle outcomes (the paper's
+oracle) instead of the probabilities. The two labelled selections then write hard labels
+(``label_probability`` 1); without it they write the judge's probability as a soft label,
+which has the same loss minimiser and less variance (:mod:`linepo.losses`). The ranked
+selections always write hard labels. Failed comparisons are left out; a ranked pair whose
+chosen and rejected scores are equal, or any pair whose texts are identical, is dropped.
+Everything left out is counted in the returned stats. Among equal scores the lower
+``sample_index`` ranks first, so the selection is deterministic.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from linepo.schemas import read_table, write_table
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("best_vs_worst", "first_vs_second", "random_pair", "all_pairs")
-#: Selections that keep judged pairs as they are, labelled by the oracle's 0/1 outcome.
+#: Selections that keep judged pairs as they are, labelled by the oracle (outcome or probability).
 LABELLED_SELECTIONS = ("random_pair", "all_pairs")
 
 
@@ -50,23 +53,25 @@ LABELLED_SELECTIONS = ("random_pair", "all_pairs")
 def group_samples(table, path: str | Path = "samples") -> dict[str, dict]:
     """Samples grouped by prompt, in order of first appearance.
 
-    Returns ``{prompt_id: {"prompt": text, "responses": {sample_index: response}}}`` with
-    each prompt's samples sorted by ``sample_index``.
+    Returns ``{prompt_id: {"prompt": text, "responses": {sample_index: response},
+    "finished": {sample_index: bool}}}`` with each prompt's samples sorted by
+    ``sample_index``; ``finished`` is false for a sample cut at max_new_tokens.
 
     Raises:
         InputError: a (prompt_id, sample_index) appears twice, or one prompt_id carries
             two different prompt texts; the message names ``path``.
     """
-    columns = table.select(["prompt_id", "prompt", "sample_index", "response"]).to_pydict()
+    columns = table.select(["prompt_id", "prompt", "sample_index", "response", "finish_reason"]).to_pydict()
     groups: dict[str, dict] = {}
-    for pid, prompt, index, response in zip(columns["prompt_id"], columns["prompt"], columns["sample_index"],
-                                            columns["response"]):
-        group = groups.setdefault(pid, {"prompt": prompt, "responses": {}})
+    for pid, prompt, index, response, reason in zip(columns["prompt_id"], columns["prompt"], columns["sample_index"],
+                                                    columns["response"], columns["finish_reason"]):
+        group = groups.setdefault(pid, {"prompt": prompt, "responses": {}, "finished": {}})
         if group["prompt"] != prompt:
             raise InputError(f"{path}: prompt_id {pid!r} has two different prompt texts")
         if index in group["responses"]:
             raise InputError(f"{path}: sample ({pid!r}, {index}) appears twice")
         group["responses"][index] = response
+        group["finished"][index] = reason != "length"
     for group in groups.values():
         group["responses"] = dict(sorted(group["responses"].items()))
     return groups
@@ -215,9 +220,10 @@ def select_preferences(groups: dict[str, dict], judgments, *, selection: str = "
     stats = {"prompts": len(groups), "pairs": 0, "comparisons_used": used, "failed_comparisons": failed_total,
              "dropped_too_few_scored": 0, "dropped_tied_scores": 0, "dropped_identical_texts": 0}
     if selection in LABELLED_SELECTIONS:
-        rows = _labelled_pairs(groups, columns, wins, counts, stats, first_only=selection == "random_pair")
+        rows = _labelled_pairs(groups, columns, wins, counts, stats, first_only=selection == "random_pair",
+                               use_outcomes=use_outcomes)
         stats["pairs"] = len(rows)
-        log.info("preferences (%s, oracle outcomes): %s", selection, stats)
+        log.info("preferences (%s, %s labels): %s", selection, "outcome" if use_outcomes else "probability", stats)
         return rows, stats
     for pid, group in groups.items():
         scores = {i: wins[pid][i] / counts[pid][i] for i in group["responses"] if counts[pid][i] > 0}
@@ -237,25 +243,31 @@ def select_preferences(groups: dict[str, dict], judgments, *, selection: str = "
         rows.append({
             "prompt_id": pid, "prompt": group["prompt"], "chosen": chosen_text, "rejected": rejected_text,
             "chosen_index": chosen, "rejected_index": rejected,
-            "chosen_win_rate": scores[chosen], "rejected_win_rate": scores[rejected],
+            "chosen_finished": group["finished"][chosen], "rejected_finished": group["finished"][rejected],
+            "chosen_win_rate": scores[chosen], "rejected_win_rate": scores[rejected], "label_probability": 1.0,
         })
     stats["pairs"] = len(rows)
     log.info("preferences (%s, %s): %s", selection, "outcomes" if use_outcomes else "probabilities", stats)
     return rows, stats
 
 
-def _labelled_pairs(groups, columns, wins, counts, stats, *, first_only: bool) -> list[dict]:
-    """Judged pairs as (winner, loser) by the sampled outcome, in judgment order.
+def _labelled_pairs(groups, columns, wins, counts, stats, *, first_only: bool, use_outcomes: bool) -> list[dict]:
+    """Judged pairs in judgment order, as (winner, loser) by the sampled outcome with a hard
+    label, or (more likely, less likely) by the probability with that probability as a soft
+    label (a tie keeps the judged order, with label ½).
 
     ``first_only`` keeps only the comparison of samples 0 and 1 of each prompt.
     """
     rows = []
-    for pid, a, b, outcome, failed in zip(columns["prompt_id"], columns["index_a"], columns["index_b"],
-                                          columns["outcome"], columns["failed"]):
+    for pid, a, b, outcome, prob, failed in zip(columns["prompt_id"], columns["index_a"], columns["index_b"],
+                                                columns["outcome"], columns["prob_a_wins"], columns["failed"]):
         if failed or (first_only and {a, b} != {0, 1}):
             continue
         group = groups[pid]
-        chosen, rejected = (a, b) if outcome == 1 else (b, a)
+        if use_outcomes:
+            (chosen, rejected), label = ((a, b) if outcome == 1 else (b, a)), 1.0
+        else:
+            (chosen, rejected), label = ((a, b), prob) if prob >= 0.5 else ((b, a), 1.0 - prob)
         if group["responses"][chosen] == group["responses"][rejected]:
             stats["dropped_identical_texts"] += 1
             continue
@@ -263,7 +275,8 @@ def _labelled_pairs(groups, columns, wins, counts, stats, *, first_only: bool) -
         rows.append({
             "prompt_id": pid, "prompt": group["prompt"], "chosen": group["responses"][chosen],
             "rejected": group["responses"][rejected], "chosen_index": chosen, "rejected_index": rejected,
-            "chosen_win_rate": rate(chosen), "rejected_win_rate": rate(rejected),
+            "chosen_finished": group["finished"][chosen], "rejected_finished": group["finished"][rejected],
+            "chosen_win_rate": rate(chosen), "rejected_win_rate": rate(rejected), "label_probability": float(label),
         })
     return rows
 

@@ -55,8 +55,12 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("rejected", pa.string(), False, "the dispreferred response y-"),
         ("chosen_index", pa.int32(), False, "sample_index of the chosen response"),
         ("rejected_index", pa.int32(), False, "sample_index of the rejected response"),
+        ("chosen_finished", pa.bool_(), False, "the chosen sample ended with EOS; false when cut at max_new_tokens"),
+        ("rejected_finished", pa.bool_(), False, "the rejected sample ended with EOS (scored without one if not)"),
         ("chosen_win_rate", pa.float64(), False, "mean P(chosen ≻ other samples of the prompt): SPPO's P̂(y+ ≻ μ)"),
         ("rejected_win_rate", pa.float64(), False, "mean P(rejected ≻ other samples of the prompt): SPPO's P̂(y- ≻ μ)"),
+        ("label_probability", pa.float64(), False,
+         "P(chosen ≻ rejected) the loss is fitted to: 1.0 for a hard label, the judge's probability for a soft one"),
     ],
     # A preference set plus the summed response log-probs the losses need, computed
     # without gradients before training so the trainer holds only the policy in memory.
@@ -65,12 +69,24 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("prompt", pa.string(), False, "the prompt text"),
         ("chosen", pa.string(), False, "the preferred response y+"),
         ("rejected", pa.string(), False, "the dispreferred response y-"),
+        ("chosen_finished", pa.bool_(), False, "y+ ended with EOS; a cut sample's log-probs have no EOS term"),
+        ("rejected_finished", pa.bool_(), False, "y- ended with EOS; a cut sample's log-probs have no EOS term"),
         ("chosen_win_rate", pa.float64(), False, "P̂(y+ ≻ μ) from the tournament (SPPO)"),
         ("rejected_win_rate", pa.float64(), False, "P̂(y- ≻ μ) from the tournament (SPPO)"),
+        ("label_probability", pa.float64(), False, "P(chosen ≻ rejected) the loss is fitted to (1.0: hard label)"),
         ("reference_chosen_logp", pa.float64(), False, "log π_ref(y+|x), summed over response tokens"),
         ("reference_rejected_logp", pa.float64(), False, "log π_ref(y-|x), summed over response tokens"),
         ("anchor_chosen_logp", pa.float64(), False, "log μ_k(y+|x) under the policy that sampled the pair (INPO)"),
         ("anchor_rejected_logp", pa.float64(), False, "log μ_k(y-|x) under the policy that sampled the pair (INPO)"),
+    ],
+    # Evaluation: one checkpoint pair judged on every (prompt, sample), both orders.
+    "comparisons": [
+        ("prompt_id", pa.string(), False, "id of the eval prompt"),
+        ("sample_index", pa.int32(), False, "which sample of each generation (sample i of a against sample i of b)"),
+        ("prob_a_first", pa.float64(), True, "judge's P(a ≻ b) with a shown first; null when failed"),
+        ("prob_b_first", pa.float64(), True, "judge's P(b ≻ a) with b shown first; null when failed"),
+        ("prob_a_wins", pa.float64(), True, "½ (prob_a_first + 1 − prob_b_first): position bias cancelled; null when failed"),
+        ("failed", pa.bool_(), False, "true when either order failed (left out of win rates, counted)"),
     ],
     "trajectory": [
         ("iteration", pa.int32(), False, "0 is the start policy; each iteration is one prox (policy) update"),
@@ -163,6 +179,25 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return json.loads(raw.get(b"linepo", b"{}"))
 
 
+#: Evaluation outputs that are not parquet: (path, format, content), for docs/artefacts.md.
+OTHER_ARTEFACTS = [
+    ("results/eval/generations/<id>.parquet", "samples",
+     "a checkpoint's answers to the eval prompts (evaluation.decoding); id: policy × eval prompts × decoding"),
+    ("results/eval/comparisons/<id>.parquet", "comparisons",
+     "two generations judged in both orders; id: the unordered generation pair × eval judge"),
+    ("results/eval/alpaca_eval/<checkpoint>/model_outputs.json", "JSON list",
+     "AlpacaEval model outputs: `instruction`, `output` (sample 0), `generator` (the checkpoint's label), `dataset`"),
+    ("results/summary/win_rates.csv", "CSV", "row-vs-column win rate (%) in Table 2 order, plus Avg (row mean, diagonal included)"),
+    ("results/summary/win_rates_se.csv", "CSV", "bootstrap standard errors (%) of win_rates.csv, over prompts"),
+    ("results/summary/win_rates_pairs.tsv", "TSV", "one line per ordered pair: win rate, SE, prompts, failed comparisons, comparison id"),
+    ("results/summary/win_rates.png", "PNG", "heatmap of the matrix with SEs and the Avg column"),
+    ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens"),
+    ("results/summary/curves.png", "PNG", "Figure 3: those curves, red lines at round ends"),
+    ("results/summary/evaluation.tsv", "TSV",
+     "per checkpoint: Avg and worst win rate (robust alignment), mean tokens, exploitability and category mix (synthetic oracle)"),
+]
+
+
 def markdown_reference() -> str:
     """Every artefact kind and column with its meaning, as Markdown (docs/artefacts.md)."""
     lines = ["# Parquet artefacts", "", "Generated from `linepo/schemas.py`; do not edit by hand.", ""]
@@ -170,4 +205,7 @@ def markdown_reference() -> str:
         lines += [f"## {kind}", "", "| column | type | nullable | meaning |", "|---|---|---|---|"]
         lines += [f"| `{n}` | {t} | {'yes' if nl else 'no'} | {d} |" for n, t, nl, d in columns]
         lines.append("")
+    lines += ["# Evaluation outputs", "", "| path | format | content |", "|---|---|---|"]
+    lines += [f"| `{path}` | {fmt} | {doc} |" for path, fmt, doc in OTHER_ARTEFACTS]
+    lines.append("")
     return "\n".join(lines)

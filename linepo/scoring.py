@@ -51,20 +51,27 @@ def _truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -
     return prompt_ids, response_ids[: max_length - keep_prompt], True
 
 
-def _response_ids(tokenizer, responses) -> list[list[int]]:
-    """Token ids of each response followed by EOS (no special tokens otherwise)."""
+def _response_ids(tokenizer, responses, finished=None) -> list[list[int]]:
+    """Token ids of each response, followed by EOS where it ``finished`` (default: all).
+
+    A sample cut at max_new_tokens never emitted EOS, so its log-prob has none: scoring one
+    would add log π(EOS | cut text), a large negative term the losses could then move
+    without moving the response itself.
+    """
     if tokenizer.eos_token_id is None:
         raise InputError("tokenizer: has no eos token; a response must end with one")
     encoded = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if len(responses) else []
-    return [ids + [tokenizer.eos_token_id] for ids in encoded]
+    finished = [True] * len(encoded) if finished is None else list(finished)
+    return [ids + [tokenizer.eos_token_id] if done else ids for ids, done in zip(encoded, finished, strict=True)]
 
 
-def tokenize_responses(tokenizer, prompts, responses, *, max_length: int) -> list[dict]:
+def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finished=None) -> list[dict]:
     """``{"input_ids", "response_mask"}`` per (prompt, response): the sequences log π(y|x) sums over.
 
-    ``response_mask[t]`` is 1 where token t belongs to the response (EOS included): the
-    positions whose next-token log-prob is summed. Prompts go through
-    :func:`linepo.models.encode_prompt` (chat template when there is one).
+    ``response_mask[t]`` is 1 where token t belongs to the response (EOS included where the
+    response ``finished``; default all): the positions whose next-token log-prob is
+    summed. Prompts go through :func:`linepo.models.encode_prompt` (chat template when
+    there is one).
     """
     from linepo.models import encode_prompt
 
@@ -72,7 +79,7 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int) -> lis
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     cache: dict[str, list[int]] = {}
     features, truncated = [], 0
-    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses)):
+    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses, finished)):
         if prompt not in cache:
             cache[prompt] = encode_prompt(tokenizer, prompt)
         prompt_ids, response_ids, cut = _truncate(cache[prompt], response_ids, max_length)
@@ -84,12 +91,17 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int) -> lis
     return features
 
 
-def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int) -> list[dict]:
+def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int, chosen_finished=None,
+                   rejected_finished=None) -> list[dict]:
     """Per pair: ``chosen_input_ids``, ``chosen_response_mask``, ``rejected_input_ids``,
     ``rejected_response_mask`` (see :func:`tokenize_responses`); what the trainer's batches hold."""
     if not len(prompts) == len(chosen) == len(rejected):
         raise ValueError(f"{len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected")
-    both = tokenize_responses(tokenizer, list(prompts) * 2, list(chosen) + list(rejected), max_length=max_length)
+    finished = None
+    if chosen_finished is not None or rejected_finished is not None:
+        finished = list(chosen_finished or [True] * len(chosen)) + list(rejected_finished or [True] * len(rejected))
+    both = tokenize_responses(tokenizer, list(prompts) * 2, list(chosen) + list(rejected), max_length=max_length,
+                              finished=finished)
     n = len(prompts)
     return [
         {"chosen_input_ids": c["input_ids"], "chosen_response_mask": c["response_mask"],
@@ -151,8 +163,11 @@ def _device_of(model):
 
 
 def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int = 32, max_length: int = 512,
-                      stats: dict | None = None):
+                      stats: dict | None = None, finished=None):
     """log π(response | prompt) summed over response tokens + EOS, without gradients; (B,) float32 on CPU.
+
+    ``finished`` (default: all) says which responses ended with EOS; the others (cut at
+    max_new_tokens) are scored without it.
 
     Sequences are sorted by length and batched (longest first, so an out-of-memory error
     comes at once); results come back in input order and do not depend on ``batch_size``
@@ -163,7 +178,7 @@ def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int =
 
     if batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
-    features = tokenize_responses(tokenizer, prompts, responses, max_length=max_length)
+    features = tokenize_responses(tokenizer, prompts, responses, max_length=max_length, finished=finished)
     out = torch.zeros(len(features), dtype=torch.float32)
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     device = _device_of(model)
@@ -211,7 +226,7 @@ def _same_policy(a, b) -> bool:
     return str(a) == str(b)
 
 
-def _score_with(path, prompts, chosen, rejected, *, batch_size, max_length, dtype, trust_remote_code):
+def _score_with(path, prompts, chosen, rejected, finished, *, batch_size, max_length, dtype, trust_remote_code):
     """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
     import torch
 
@@ -222,7 +237,7 @@ def _score_with(path, prompts, chosen, rejected, *, batch_size, max_length, dtyp
     start = time.perf_counter()
     try:
         logps = sequence_logprobs(model, tokenizer, list(prompts) * 2, list(chosen) + list(rejected),
-                                  batch_size=batch_size, max_length=max_length, stats=stats)
+                                  batch_size=batch_size, max_length=max_length, stats=stats, finished=finished)
     finally:
         del model
         gc.collect()
@@ -266,14 +281,15 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     prompts = table.column("prompt").to_pylist()
     chosen = table.column("chosen").to_pylist()
     rejected = table.column("rejected").to_pylist()
+    finished = table.column("chosen_finished").to_pylist() + table.column("rejected_finished").to_pylist()
     kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code)
 
-    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, **kwargs)
+    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, **kwargs)
     models_run = 1
     if _same_policy(reference, anchor):
         anc_c, anc_r = ref_c, ref_r
     else:
-        anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, **kwargs)
+        anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, finished, **kwargs)
         tokens, seconds, models_run = tokens + more_tokens, seconds + more_seconds, 2
     columns = dict(zip(LOGP_COLUMNS, (ref_c, ref_r, anc_c, anc_r)))
     for name, values in columns.items():
@@ -282,7 +298,8 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
             raise InputError(f"{name}: {len(bad)} non-finite log-probs (first at row {bad[0]}); check the policy")
 
     rows = {name: table.column(name).to_pylist() for name in
-            ("prompt_id", "prompt", "chosen", "rejected", "chosen_win_rate", "rejected_win_rate")}
+            ("prompt_id", "prompt", "chosen", "rejected", "chosen_finished", "rejected_finished",
+             "chosen_win_rate", "rejected_win_rate", "label_probability")}
     rows.update({name: values.double().tolist() for name, values in columns.items()})
     pairs = len(prompts)
     stats = {

@@ -28,6 +28,17 @@ A rerun after a kill resumes from its newest complete ``checkpoint-*``; on CPU t
 weights are byte-identical to an uninterrupted run. The side folder records a
 fingerprint of the inputs and settings (``linepo_train.json``); checkpoints of different
 inputs or settings are discarded, never resumed from.
+
+Several processes (``linepo train --num-processes N``, which re-runs itself under
+``accelerate launch``; DDP, or DeepSpeed/FSDP through an accelerate config): ``batch_size``
+is the *global* batch, pairs per optimizer step, and each process takes
+``batch_size / (N × gradient_accumulation_steps)`` pairs per forward, every N-th micro-batch
+of the one seeded order, so a step trains on the pairs a single process would (the result
+agrees to float rounding: tests/test_training_multiprocess.py). Rank 0 alone prepares the
+side folder (the others wait, then look), writes the final policy atomically and removes
+the side folder; a checkpoint counts as complete only with every rank's RNG state. A
+non-finite loss in any process is all-reduced, so every process raises together instead of
+the others hanging in the next gradient all-reduce. Token counts are summed over processes.
 """
 
 from __future__ import annotations
@@ -58,7 +69,20 @@ _NOT_FINGERPRINTED = ("save_steps", "save_total_limit", "logging_steps")
 
 def _flag(name: str) -> str:
     """The command-line flag of a TrainSettings field, for error messages."""
-    return "--batch-size" if name == "per_device_batch_size" else "--" + name.replace("_", "-")
+    return "--" + name.replace("_", "-")
+
+
+def world_size() -> int:
+    """Processes training together: ``WORLD_SIZE`` as set by ``accelerate launch`` / torchrun, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise InputError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}: not an integer") from None
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a launch (before torch.distributed is set up)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,8 +97,8 @@ class TrainSettings:
     eta: float = 500.0  #: step size η > 0: KL weight 1/η (DPO β = 1/η); IPO/INPO target η/2
     eta_tau: float = 1 / 3  #: ητ ∈ (0, 1]: INPO's weight on log π_ref; τ = eta_tau / eta
     epochs: float = 3.0  #: passes over the pairs
-    per_device_batch_size: int = 32  #: pairs per device per forward (2× sequences)
-    gradient_accumulation_steps: int = 1  #: micro-batches per optimizer step
+    batch_size: int = 32  #: pairs per optimizer step over all processes (the global batch; see per_device_batch_size)
+    gradient_accumulation_steps: int = 1  #: micro-batches per optimizer step in each process
     learning_rate: float = 5e-7  #: peak learning rate (the paper's recipe, Tunstall et al. 2023)
     lr_scheduler_type: str = "linear"  #: any transformers scheduler name
     warmup_ratio: float = 0.0  #: share of optimizer steps spent warming up, in [0, 1]
@@ -96,7 +120,7 @@ class TrainSettings:
     trust_remote_code: bool = False  #: run the checkpoint's own modelling code
 
     #: config keys that name a field differently (the workflow config's training section)
-    ALIASES = {"batch_size": "per_device_batch_size"}
+    ALIASES = {}  # none at present; the config's batch_size is the field itself
 
     @property
     def tau(self) -> float:
@@ -107,6 +131,22 @@ class TrainSettings:
     def beta(self) -> float:
         """DPO code's β = 1/η (for readers of DPO code; not used here)."""
         return 1.0 / self.eta
+
+    def per_device_batch_size(self, num_processes: int = 1) -> int:
+        """Pairs per forward in each process: batch_size / (num_processes × gradient_accumulation_steps).
+
+        ``batch_size`` is the *global* batch, so a step's data (and, up to float rounding,
+        its result) does not depend on how many processes share it.
+
+        Raises:
+            InputError: the global batch does not divide evenly.
+        """
+        share = num_processes * self.gradient_accumulation_steps
+        if self.batch_size % share:
+            raise InputError(
+                f"--batch-size: {self.batch_size} pairs per optimizer step do not divide evenly among "
+                f"{num_processes} process(es) x {self.gradient_accumulation_steps} accumulation step(s)")
+        return self.batch_size // share
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "--config-json") -> "TrainSettings":
@@ -139,7 +179,7 @@ class TrainSettings:
             raise InputError(f"--loss: unknown loss {self.loss!r}; known: {', '.join(sorted(LOSSES))}")
         for name in ("eta", "eta_tau", "epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
             number(name, getattr(self, name))
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "seed", "save_steps",
+        for name in ("batch_size", "gradient_accumulation_steps", "max_length", "seed", "save_steps",
                      "save_total_limit", "logging_steps"):
             number(name, getattr(self, name), integer=True)
         if self.eta <= 0:
@@ -155,12 +195,13 @@ class TrainSettings:
         for name in ("weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise InputError(f"{_flag(name)}: must be >= 0, got {getattr(self, name)}")
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "save_steps", "save_total_limit",
+        for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "save_total_limit",
                      "logging_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{_flag(name)}: must be at least 1, got {getattr(self, name)}")
         if self.max_length < 8:
             raise InputError(f"--max-length: must be at least 8, got {self.max_length}")
+        self.per_device_batch_size(1)  # the accumulation steps must divide the batch
         from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
@@ -196,7 +237,7 @@ class TrainSettings:
 # ----------------------------------------------------------------------------- data
 
 _FLOAT_COLUMNS = ("reference_chosen_logp", "reference_rejected_logp", "anchor_chosen_logp", "anchor_rejected_logp",
-                  "chosen_win_rate", "rejected_win_rate")
+                  "chosen_win_rate", "rejected_win_rate", "label_probability")
 
 
 def read_scored(paths) -> "pyarrow.Table":  # noqa: F821
@@ -232,7 +273,9 @@ def pair_features(tokenizer, table, max_length: int) -> list[dict]:
     from linepo.scoring import tokenize_pairs
 
     features = tokenize_pairs(tokenizer, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(),
-                              table.column("rejected").to_pylist(), max_length=max_length)
+                              table.column("rejected").to_pylist(), max_length=max_length,
+                              chosen_finished=table.column("chosen_finished").to_pylist(),
+                              rejected_finished=table.column("rejected_finished").to_pylist())
     columns = {name: table.column(name).to_pylist() for name in _FLOAT_COLUMNS}
     for i, feature in enumerate(features):
         feature.update({name: float(values[i]) for name, values in columns.items()})
@@ -278,6 +321,7 @@ def pair_loss(model, batch: dict, loss_name: str, *, eta: float, tau: float):
         anchor_rejected=batch["anchor_rejected_logp"],
         chosen_win_rate=batch["chosen_win_rate"],
         rejected_win_rate=batch["rejected_win_rate"],
+        label_probability=batch["label_probability"],
     )
     losses = preference_loss(loss_name, pairs, eta=eta, tau=tau)  # (B,)
     return losses.mean(), losses, logps
@@ -305,7 +349,7 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, _, logps = pair_loss(model, inputs, self.loss_name, eta=self.eta, tau=self.tau)
-            if not bool(torch.isfinite(loss.detach())):
+            if not self._finite_everywhere(loss.detach()):
                 raise NonFiniteLossError(
                     f"{self.loss_name} loss is {float(loss.detach())} at optimizer step {self.state.global_step + 1} "
                     f"(eta={self.eta}); training stopped, no policy written")
@@ -314,9 +358,21 @@ def _trainer_class():
                 self._track(inputs, logps.detach(), loss.detach())
             return (loss, {"logps": logps}) if return_outputs else loss
 
+        def _finite_everywhere(self, loss) -> bool:
+            """Whether the loss is finite in *every* process: all of them stop together, none hangs
+            in the next gradient all-reduce waiting for a process that raised."""
+            finite = torch.isfinite(loss).to(torch.float32).reshape(1)
+            if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            return bool(finite.item())
+
         @property
         def tokens_seen(self) -> int:
-            return int(self._tokens)
+            """Non-padding tokens trained on, summed over all processes (a collective call)."""
+            tokens = torch.as_tensor(self._tokens, device=self.args.device).reshape(1)
+            if self.args.world_size > 1:
+                tokens = self.accelerator.reduce(tokens, reduction="sum")
+            return int(tokens.item())
 
         def _track(self, inputs, logps, loss):
             n = logps.shape[0] // 2
@@ -359,27 +415,34 @@ def _checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match and path.is_dir() else None
 
 
-def _is_complete(checkpoint: Path) -> bool:
-    """True when the Trainer finished writing ``checkpoint``: trainer_state.json (written last) is whole."""
+def _is_complete(checkpoint: Path, num_processes: int = 1) -> bool:
+    """True when the Trainer finished writing ``checkpoint``: trainer_state.json (rank 0 writes it
+    last) is whole and, with several processes, every rank's RNG state (written by each rank
+    before that, but not synchronised with it) is there."""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
+    if num_processes > 1 and not all((checkpoint / f"rng_state_{rank}.pth").is_file()
+                                     for rank in range(num_processes)):
+        return False
     return state.get("global_step") == _checkpoint_step(checkpoint)
 
 
-def latest_checkpoint(resume_dir) -> Path | None:
-    """The newest complete ``checkpoint-N`` in ``resume_dir``; newer incomplete ones are deleted."""
+def latest_checkpoint(resume_dir, num_processes: int = 1, *, delete_incomplete: bool = True) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``resume_dir``; newer incomplete ones are deleted
+    (unless ``delete_incomplete`` is false: processes other than rank 0 only look)."""
     resume_dir = Path(resume_dir)
     if not resume_dir.is_dir():
         return None
     found = sorted((p for p in resume_dir.iterdir() if _checkpoint_step(p) is not None), key=_checkpoint_step,
                    reverse=True)
     for checkpoint in found:
-        if _is_complete(checkpoint):
+        if _is_complete(checkpoint, num_processes):
             return checkpoint
-        log.warning("removing incomplete checkpoint %s (killed while saving)", checkpoint)
-        shutil.rmtree(checkpoint)
+        if delete_incomplete:
+            log.warning("removing incomplete checkpoint %s (killed while saving)", checkpoint)
+            shutil.rmtree(checkpoint)
     return None
 
 
@@ -461,7 +524,10 @@ class PreferenceTraining:
         table = read_scored(self.scored)
         self.model, self.tokenizer = self._load_policy()
         features = pair_features(self.tokenizer, table, self.settings.max_length)
-        args = self._training_arguments()
+        args = self._training_arguments()  # sets up torch.distributed under a launcher
+        if args.world_size != world_size():
+            raise InputError(f"WORLD_SIZE={world_size()} but the Trainer sees {args.world_size} process(es); "
+                             "launch with `linepo train --num-processes N` (or `accelerate launch`)")
         self._prepare_side_folder(args.world_size)
         trainer_class = _trainer_class()
         self.trainer = trainer_class(
@@ -516,18 +582,25 @@ class PreferenceTraining:
             optional["activation_checkpointing"] = True
         import torch
 
+        # Each process takes every N-th micro-batch of the one seeded order, so an optimizer step
+        # trains on the pairs one process would. A short last global batch is padded by accelerate
+        # (even_batches) with pairs from the epoch's start: unequal batches would leave a
+        # process waiting in the gradient all-reduce.
+        per_device = s.per_device_batch_size(world_size())  # before TrainingArguments: a bad batch writes nothing
         try:
-            return self._make_arguments(TrainingArguments, optional, torch.cuda.is_available())
+            return self._make_arguments(TrainingArguments, optional, torch.cuda.is_available(), per_device)
         except ValueError as err:  # e.g. an unknown lr_scheduler_type or optim
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"training settings: {first_line}") from err
 
-    def _make_arguments(self, TrainingArguments, optional: dict, cuda: bool):
+    def _make_arguments(self, TrainingArguments, optional: dict, cuda: bool, per_device_batch_size: int):
         s = self.settings
         return TrainingArguments(
             output_dir=str(self.resume_dir),
             num_train_epochs=float(s.epochs),
-            per_device_train_batch_size=int(s.per_device_batch_size),
+            # per process; the global batch (pairs per optimizer step) is this × processes ×
+            # accumulation steps = s.batch_size
+            per_device_train_batch_size=per_device_batch_size,
             gradient_accumulation_steps=int(s.gradient_accumulation_steps),
             learning_rate=float(s.learning_rate),
             lr_scheduler_type=s.lr_scheduler_type,
@@ -550,25 +623,37 @@ class PreferenceTraining:
             disable_tqdm=True,
             remove_unused_columns=False,
             dataloader_pin_memory=cuda,
+            use_cpu=not cuda,  # several CPU processes then form a gloo group (accelerate's MULTI_CPU)
+            ddp_find_unused_parameters=False,  # every parameter gets a gradient: no extra graph traversal
             **optional,
         )
 
     def _prepare_side_folder(self, num_processes: int) -> None:
-        """Find the checkpoint to resume from, or clear checkpoints that belong to other inputs."""
-        expected = fingerprint(self.policy, self.scored, self.settings, num_processes)
-        record = self.resume_dir / FINGERPRINT_FILE
-        if self.resume_dir.is_dir():
-            try:
-                found = json.loads(record.read_text())
-            except (OSError, ValueError):
-                found = None
-            if found != expected:
-                if any(_checkpoint_step(p) is not None for p in self.resume_dir.iterdir()):
-                    log.warning("%s: checkpoints from other inputs or settings; starting afresh", self.resume_dir)
-                _clear_side_folder(self.resume_dir)
-        self.resume_from = latest_checkpoint(self.resume_dir)
-        self.resume_dir.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(expected, indent=1, sort_keys=True))
+        """Find the checkpoint to resume from, or clear checkpoints that belong to other inputs.
+
+        Only the main process changes the folder; the others wait for it, then look.
+        """
+        from accelerate import PartialState
+
+        state = PartialState()  # already set up by TrainingArguments
+        if state.is_main_process:
+            expected = fingerprint(self.policy, self.scored, self.settings, num_processes)
+            record = self.resume_dir / FINGERPRINT_FILE
+            if self.resume_dir.is_dir():
+                try:
+                    found = json.loads(record.read_text())
+                except (OSError, ValueError):
+                    found = None
+                if found != expected:
+                    if any(_checkpoint_step(p) is not None for p in self.resume_dir.iterdir()):
+                        log.warning("%s: checkpoints from other inputs or settings; starting afresh", self.resume_dir)
+                    _clear_side_folder(self.resume_dir)
+            self.resume_from = latest_checkpoint(self.resume_dir, num_processes)
+            self.resume_dir.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(expected, indent=1, sort_keys=True))
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            self.resume_from = latest_checkpoint(self.resume_dir, num_processes, delete_incomplete=False)
 
     # -- train
     def train(self) -> dict:

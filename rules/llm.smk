@@ -6,6 +6,7 @@
 #   snakemake results/runs/linepo/steps.tsv --cores 2   # one run, up to its final policy
 import json
 
+from linepo.parallel import recipe_view, shard_count
 from linepo.plan import build_plan
 
 PLAN = build_plan(config)
@@ -32,7 +33,29 @@ def flags(values, names):
 def train_settings(step):
     """The train command's settings: the step's loss and η (ητ), its training section, dtype."""
     settings = {key: value for key, value in step.items() if key != "training"}
-    return json.dumps({**settings, **step["training"], "dtype": POLICY["dtype"]}, sort_keys=True)
+    return json.dumps({**settings, **recipe_view(step["training"]), "dtype": POLICY["dtype"]}, sort_keys=True)
+
+
+# How many processes run a step comes from the GPUs its job gets (resources.<stage>.gpu, or a
+# profile's override) unless the config says: params that are callables of `resources` are
+# not tracked by Snakemake, so a new GPU count reruns nothing (sharded == unsharded output).
+SAMPLING = recipe_view(config["sampling"])
+ACCELERATE_CONFIG = config["training"].get("accelerate_config")
+
+
+def sample_shards(wildcards, resources):
+    per_shard = SAMPLING["tensor_parallel_size"] if SAMPLING["backend"] == "vllm" else 1
+    return shard_count(config["sampling"], resources.gpu, per_shard)
+
+
+def judge_shards(wildcards, resources):
+    return shard_count(config["judge"], resources.gpu)
+
+
+def train_launch(wildcards, resources):
+    """``--num-processes N`` (one per GPU of the job) and the accelerate config, for linepo train."""
+    launch = f"--num-processes {shard_count({}, resources.gpu)}"
+    return launch + (f" --accelerate-config {ACCELERATE_CONFIG}" if ACCELERATE_CONFIG else "")
 
 
 def checked(table, node_id, wildcards):
@@ -62,7 +85,8 @@ rule sft_embedded:
         runtime=30,
     shell:
         "linepo embedded build --out {output} --steps {params.embedded[steps]} "
-        "--seed {params.embedded[seed]} --style-mix {params.style_mix} > {log} 2>&1"
+        "--seed {params.embedded[seed]} --style-mix {params.style_mix} "
+        "--continuations {params.embedded[continuations]} > {log} 2>&1"
 
 
 rule prompt_splits:
@@ -91,7 +115,7 @@ rule eval_prompts:
         flags=flags(
             {**config["eval_prompts"], "split": config["eval_prompts"]["split"] or
              ("eval" if config["eval_prompts"]["source"] == "embedded" else None)},
-            ["split", "prompt_column", "max_prompts"],
+            ["split", "prompt_column", "max_prompts", "name"],
         ),
     log:
         "logs/prompts/eval-{prompts}.log",
@@ -112,22 +136,22 @@ rule sample:
         "results/samples/r{round}/s{split}/{sample}.parquet",
     params:
         policy=lambda wc: PLAN.policy_dir(PLAN.samples[wc.sample].policy),
-        sampling=config["sampling"],
+        sampling=SAMPLING,
         seed=lambda wc: node_seed(wc.sample),
+        shards=sample_shards,
     log:
         "logs/samples/r{round}/s{split}/{sample}.log",
     wildcard_constraints:
         sample=ID,
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=0,
+        **RESOURCES["sample"],
     shell:
         "linepo sample --policy {params.policy:q} --prompts {input.prompts} --out {output} "
         "--n {params.sampling[n]} --temperature {params.sampling[temperature]} --top-p {params.sampling[top_p]} "
         "--max-new-tokens {params.sampling[max_new_tokens]} --batch-size {params.sampling[batch_size]} "
-        "--backend {params.sampling[backend]} --seed {params.seed} > {log} 2>&1"
+        "--backend {params.sampling[backend]} --tensor-parallel-size {params.sampling[tensor_parallel_size]} "
+        "--dtype {POLICY[dtype]} {REMOTE_CODE} --seed {params.seed} --data-parallel {params.shards} > {log} 2>&1"
 
 
 rule judge:
@@ -136,18 +160,18 @@ rule judge:
     output:
         "results/prefs/r{round}/s{split}/{prefs}/judgments.parquet",
     params:
-        judge=json.dumps(config["judge"], sort_keys=True),
+        judge=json.dumps(recipe_view(config["judge"]), sort_keys=True),
         seed=lambda wc: node_seed(wc.prefs),
+        shards=judge_shards,
     log:
         "logs/prefs/r{round}/s{split}/{prefs}/judge.log",
     wildcard_constraints:
         prefs=ID,
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **RESOURCES["judge"],
     shell:
         "linepo judge --samples {input.samples} --judge-config {params.judge:q} --seed {params.seed} "
-        "--out {output} --no-progress > {log} 2>&1"
+        "--out {output} --no-progress --data-parallel {params.shards} > {log} 2>&1"
 
 
 rule pairs:
@@ -192,9 +216,7 @@ rule score:
         scored=ID,
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=0,
+        **RESOURCES["score"],
     shell:
         "linepo score --preferences {input.prefs} --reference {params.reference:q} --anchor {params.anchor:q} "
         "--batch-size {params.scoring[batch_size]} --max-length {params.scoring[max_length]} {params.runtime} "
@@ -210,20 +232,20 @@ rule train:
     params:
         parent=lambda wc: PLAN.policy_dir(PLAN.policies[wc.policy].parent),
         settings=lambda wc: train_settings(PLAN.policies[wc.policy].train),
+        launch=train_launch,
     log:
         "logs/policies/r{round}/s{split}/{policy}.log",
     wildcard_constraints:
         policy=ID,
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=0,
+        **RESOURCES["train"],
     shell:
         # Mid-step Trainer checkpoints live beside the declared output (Snakemake deletes
-        # outputs before a job starts), so a rerun after a kill resumes from them.
+        # outputs before a job starts), so a rerun after a kill resumes from them. With more
+        # than one GPU, linepo train checks its inputs and re-runs itself under accelerate launch.
         "linepo train --policy {params.parent:q} --scored {input.scored} --config-json {params.settings:q} "
-        "{REMOTE_CODE} --out {output} --resume-dir {output}.partial > {log} 2>&1"
+        "{REMOTE_CODE} --out {output} --resume-dir {output}.partial {params.launch} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- per-run targets

@@ -2,9 +2,11 @@
 response categories), to size η, ητ, rounds and splits, and to choose the pair selection.
 
 Each step draws ``n`` samples per prompt from μ, runs the all-pairs tournament with the
-oracle's 0/1 outcomes, keeps one (chosen, rejected) pair per prompt by ``selection`` and
-minimises the step's loss over the tabular policy (linepo.sampled.fit_policy). "exact"
-uses the population minimiser μ ← Prox(μ, η g_τ) instead (random pairs from μ).
+oracle's 0/1 outcomes, keeps one (chosen, rejected) pair per prompt by ``selection`` (or,
+for ``all_pairs``, every pair of different categories, labelled by the outcome or, with
+``--probabilities``, by the probability as a soft label) and minimises the step's loss
+over the tabular policy (linepo.sampled.fit_policy). "exact" uses the population
+minimiser μ ← Prox(μ, η g_τ) instead (random pairs from μ).
 
     python scripts/tabular_analogue.py --eta 3 --eta-tau 0.5 --rounds 4 --splits 4
 """
@@ -24,6 +26,18 @@ def select_pairs(matrix, mu, prompts, n, selection, rng, use_outcomes=True):
     appearances = np.zeros(k)
     samples = rng.choice(k, size=(prompts, n), p=mu)
     for row in samples:
+        if selection == "all_pairs":
+            for a in range(n):
+                for b in range(a + 1, n):
+                    i, j = row[a], row[b]
+                    if i == j:
+                        continue  # identical responses: the pipeline drops them
+                    p_ij = matrix[i, j] if not use_outcomes else float(rng.random() < matrix[i, j])
+                    # A soft label is a fractional count: p on (i ≻ j), 1 − p on (j ≻ i).
+                    wins[i, j] += p_ij
+                    wins[j, i] += 1 - p_ij
+                    appearances[[i, j]] += 1
+            continue
         score = np.zeros(n)
         for a in range(n):
             for b in range(a + 1, n):
@@ -76,7 +90,8 @@ if __name__ == "__main__":
     parser.add_argument("--prompts", type=int, default=125, help="prompts per split")
     parser.add_argument("--n", type=int, default=5, help="samples per prompt")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--probabilities", action="store_true", help="rank samples by P, not by 0/1 outcomes")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="rank samples by P, not by 0/1 outcomes (all_pairs: soft labels)")
     parser.add_argument("--selections", nargs="+", default=["exact", "random_pair", "best_vs_worst", "first_vs_second"])
     args = parser.parse_args()
     print(f"eta={args.eta} eta_tau={args.eta_tau} rounds={args.rounds} splits={args.splits} "

@@ -56,6 +56,20 @@ def test_corpus_style_counts_first_words_and_lengths():
     assert embedded.corpus(100, seed=4) != examples
 
 
+@pytest.mark.parametrize("continuations", embedded.CONTINUATIONS)
+def test_fixed_continuations_give_one_text_per_prompt_and_style(continuations):
+    """"fixed": a response is its style (the LLM realises the 3×3 game); "varied": phrasings differ."""
+    examples = embedded.corpus(100, seed=3, continuations=continuations)
+    texts = collections.defaultdict(set)
+    for e in examples:
+        assert embedded.style_of(e["response"]) == e["style"]
+        texts[(e["prompt"], e["style"])].add(e["response"])
+    most = max(len(v) for v in texts.values())
+    assert most == 1 if continuations == "fixed" else most > 1
+    with pytest.raises(InputError, match="continuations"):
+        embedded.response(0, "brief", np.random.default_rng(0), "many")
+
+
 def test_style_of_and_style_mix_checks():
     assert embedded.style_of("  Certainly, here") == "detailed"
     assert embedded.style_of("Sure") == "plain"

@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 MODEL_FREE = ["linepo.cli", "linepo.config", "linepo.plan", "linepo.judges", "linepo.preferences",
-              "linepo.synthetic", "linepo.games", "linepo.prompts", "linepo.schemas"]
+              "linepo.synthetic", "linepo.games", "linepo.prompts", "linepo.schemas",
+              "linepo.evalplan", "linepo.evaluation", "linepo.report"]
 
 
 def test_model_free_stages_do_not_import_torch():

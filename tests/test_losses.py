@@ -121,3 +121,38 @@ def test_inpo_miniser_is_the_regularised_step(seed):
     np.testing.assert_allclose(fitted, expected, atol=1e-7)
     closed_form = reference ** (eta * tau) * mu ** (1 - eta * tau) * np.exp(eta * matrix @ mu)
     np.testing.assert_allclose(expected, closed_form / closed_form.sum(), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "inpo"])
+def test_a_soft_label_is_the_mean_of_outcome_labels(name):
+    """Labelling with p = P(y+ ≻ y−) fits what sampled 0/1 outcomes fit on average: for DPO the
+    losses agree in expectation, for IPO/INPO up to a constant, so their gradients agree."""
+    gen = torch.Generator().manual_seed(0)
+    logps = [(-10 * torch.rand(64, generator=gen, dtype=torch.float64)) for _ in range(6)]
+    p = torch.rand(64, generator=gen, dtype=torch.float64)
+    eta, tau = 3.0, 0.2
+    policy_c = logps[0].clone().requires_grad_(True)
+    policy_r = logps[1].clone().requires_grad_(True)
+
+    def loss(chosen, rejected, ref_c, ref_r, anc_c, anc_r, label=None):
+        batch = PairLogProbs(chosen, rejected, ref_c, ref_r, anchor_chosen=anc_c, anchor_rejected=anc_r,
+                             label_probability=label)
+        return preference_loss(name, batch, eta=eta, tau=tau)
+
+    soft = loss(policy_c, policy_r, *logps[2:], label=p)
+    # The coin says y+ won with probability p (hard label as is) and y− won otherwise (swapped).
+    won = loss(policy_c, policy_r, *logps[2:])
+    lost = loss(policy_r, policy_c, logps[3], logps[2], logps[5], logps[4])
+    expected = p * won + (1 - p) * lost
+    soft_grad = torch.autograd.grad(soft.sum(), (policy_c, policy_r))
+    expected_grad = torch.autograd.grad(expected.sum(), (policy_c, policy_r))
+    for a, b in zip(soft_grad, expected_grad):
+        torch.testing.assert_close(a, b)
+    if name == "dpo":
+        torch.testing.assert_close(soft, expected)
+    # A hard label is p = 1, and a tie (p = ½) has no preference term at all.
+    torch.testing.assert_close(loss(policy_c, policy_r, *logps[2:], label=torch.ones(64, dtype=torch.float64)), won)
+    if name != "dpo":
+        tie = loss(policy_c, policy_r, *logps[2:], label=torch.full((64,), 0.5, dtype=torch.float64))
+        torch.testing.assert_close(tie, loss(policy_r, policy_c, logps[3], logps[2], logps[5], logps[4],
+                                             label=torch.full((64,), 0.5, dtype=torch.float64)))

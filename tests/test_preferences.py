@@ -97,15 +97,45 @@ def test_labelled_selections_keep_judged_pairs_by_their_outcome():
         ("p0", 0, 1, 0.9, 0, False), ("p0", 0, 2, 0.8, 1, False), ("p0", 0, 3, 0.7, 1, False),
         ("p0", 1, 2, 0.6, 1, False), ("p0", 1, 3, 0.5, None, True), ("p0", 2, 3, 0.5, 1, False),
     ])
-    rows, stats = select_preferences(groups, table, selection="random_pair")
+    rows, stats = select_preferences(groups, table, selection="random_pair", use_outcomes=True)
     # Samples 0 and 1 only; the oracle's outcome 0 means sample 1 won.
     assert [(r["chosen_index"], r["rejected_index"]) for r in rows] == [(1, 0)]
+    assert rows[0]["label_probability"] == 1.0
     rows, stats = select_preferences(groups, table, selection="all_pairs", use_outcomes=True)
     # Every judged pair as (winner, loser), except the failed one and identical texts.
     assert [(r["chosen_index"], r["rejected_index"]) for r in rows] == [(1, 0), (0, 2), (0, 3), (1, 2)]
     assert stats["failed_comparisons"] == 1 and stats["dropped_identical_texts"] == 1
     # SPPO's win rates are still each sample's mean outcome: y1 won 2 of 2 scored comparisons.
     assert rows[0]["chosen_win_rate"] == pytest.approx(1.0)
+    assert {r["label_probability"] for r in rows} == {1.0}
+
+
+def test_labelled_selections_with_probability_labels():
+    groups = groups_of({"q": ["y0", "y1", "y2", "y2"]})
+    table = judgments([
+        ("p0", 0, 1, 0.9, 0, False), ("p0", 0, 2, 0.2, 1, False), ("p0", 0, 3, 0.5, 1, False),
+        ("p0", 1, 2, 0.6, 1, False), ("p0", 1, 3, 0.5, None, True), ("p0", 2, 3, 0.5, 1, False),
+    ])
+    # The more likely winner is chosen and the probability is the label, whatever the coin said.
+    rows, _ = select_preferences(groups, table, selection="random_pair", use_outcomes=False)
+    assert [(r["chosen_index"], r["rejected_index"], r["label_probability"]) for r in rows] == [(0, 1, 0.9)]
+    rows, stats = select_preferences(groups, table, selection="all_pairs", use_outcomes=False)
+    got = [(r["chosen_index"], r["rejected_index"], r["label_probability"]) for r in rows]
+    assert got == [(0, 1, 0.9), (2, 0, pytest.approx(0.8)), (0, 3, 0.5), (1, 2, 0.6)]
+    assert stats["failed_comparisons"] == 1 and stats["dropped_identical_texts"] == 1
+
+
+def test_pairs_carry_whether_each_sample_finished():
+    rows = sample_rows({"q": ["y0", "y1 cut", "y2"]})
+    rows[1]["finish_reason"] = "length"
+    groups = group_samples(to_table(rows, "samples"))
+    table = judgments([("p0", 0, 1, 0.2, 0, False), ("p0", 0, 2, 0.9, 1, False), ("p0", 1, 2, 0.6, 1, False)])
+    for selection in ("all_pairs", "best_vs_worst"):
+        pairs, _ = select_preferences(groups, table, selection=selection)
+        for pair in pairs:
+            assert pair["chosen_finished"] == (pair["chosen_index"] != 1)
+            assert pair["rejected_finished"] == (pair["rejected_index"] != 1)
+        assert any(not (p["chosen_finished"] and p["rejected_finished"]) for p in pairs)
 
 
 def test_ties_identical_texts_and_failures_are_dropped_and_counted():

@@ -44,15 +44,17 @@ def preference_rows(num: int, start: int = 0, seed: int = 0) -> list[dict]:
             "prompt_id": f"p{i}", "prompt": prompts[i],
             "chosen": embedded.response(i, "detailed", rng), "rejected": embedded.response(i, "brief", rng),
             "chosen_index": 0, "rejected_index": 1,
-            "chosen_win_rate": 0.75, "rejected_win_rate": 0.25,
+            "chosen_win_rate": 0.75, "rejected_win_rate": 0.25, "label_probability": 1.0,
+            "chosen_finished": True, "rejected_finished": True,
         })
     return rows
 
 
-def manual_logprob(model, tokenizer, prompt: str, response: str) -> float:
-    """Σ log_softmax at the response positions of one unpadded sequence (the definition)."""
+def manual_logprob(model, tokenizer, prompt: str, response: str, finished: bool = True) -> float:
+    """Σ log_softmax at the response positions of one unpadded sequence (the definition);
+    EOS only where the response ``finished`` (a sample cut at max_new_tokens never emitted it)."""
     prompt_ids = encode_prompt(tokenizer, prompt)
-    ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * finished
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # (T, V)
     logps = torch.log_softmax(logits, dim=-1)
@@ -96,6 +98,29 @@ def test_sequence_logprobs_equal_manual_sum(ref_model, chat_template):
     assert got.shape == (10,)
     assert torch.all(got < 0)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=2e-3)
+
+
+def test_a_response_cut_at_max_new_tokens_is_scored_without_eos(ref_model):
+    """A cut sample never emitted EOS; scoring it with one would add log π(EOS | cut text)."""
+    from linepo.scoring import sequence_logprobs, tokenize_pairs
+
+    model, tokenizer = ref_model
+    rows = preference_rows(3)
+    prompts = [r["prompt"] for r in rows]
+    responses = [r["chosen"] for r in rows]
+    finished = [True, False, True]
+    expected = torch.tensor([manual_logprob(model, tokenizer, p, r, f) for p, r, f in zip(prompts, responses, finished)],
+                            dtype=torch.float64)
+    got = sequence_logprobs(model, tokenizer, prompts, responses, max_length=512, finished=finished)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=2e-3)
+    full = sequence_logprobs(model, tokenizer, prompts, responses, max_length=512)
+    assert got[1] > full[1] and torch.allclose(got[[0, 2]], full[[0, 2]])
+    pairs = tokenize_pairs(tokenizer, prompts, responses, responses, max_length=512,
+                           chosen_finished=[True] * 3, rejected_finished=finished)
+    for pair, done in zip(pairs, finished):
+        assert pair["chosen_input_ids"][-1] == tokenizer.eos_token_id
+        assert (pair["rejected_input_ids"][-1] == tokenizer.eos_token_id) == done
+        assert len(pair["chosen_input_ids"]) - len(pair["rejected_input_ids"]) == (not done)
 
 
 def test_sequence_logprobs_independent_of_batch_size_and_padding(ref_model):

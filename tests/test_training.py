@@ -47,7 +47,7 @@ def sha256(path) -> str:
 
 
 def fast_settings(**changes) -> TrainSettings:
-    values = dict(loss="inpo", eta=8.0, eta_tau=0.5, epochs=2, per_device_batch_size=4, learning_rate=1e-3,
+    values = dict(loss="inpo", eta=8.0, eta_tau=0.5, epochs=2, batch_size=4, learning_rate=1e-3,
                   save_steps=2, logging_steps=1, seed=0)
     values.update(changes)
     return TrainSettings(**values)
@@ -159,8 +159,8 @@ def test_output_is_safetensors_only_and_side_folder_removed(data):
 
 def test_gradient_accumulation_counts_optimizer_steps(data, tmp_path):
     stats = train_policy(data / "parent", [data / "scored.parquet"], tmp_path / "out", resume_dir=tmp_path / "side",
-                         settings=fast_settings(per_device_batch_size=2, gradient_accumulation_steps=2, epochs=1))
-    assert stats["global_step"] == NUM_PAIRS // 4 and stats["tokens"] > 0
+                         settings=fast_settings(batch_size=4, gradient_accumulation_steps=2, epochs=1))
+    assert stats["global_step"] == NUM_PAIRS // 4 and stats["tokens"] > 0  # batch_size is the global batch
 
 
 # ----------------------------------------------------------------------------- errors
@@ -199,6 +199,7 @@ def test_nan_in_scored_file_is_input_error(data, tmp_path):
     (["--eta-tau", "0"], "--eta-tau"),
     (["--eta-tau", "1.5"], "--eta-tau"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "5", "--gradient-accumulation-steps", "2"], "do not divide evenly"),
     (["--config-json", '{"nope": 1}'], "unknown training setting"),
     (["--config-json", "[1"], "--config-json"),
     (["--lr-scheduler-type", "nope"], "--lr-scheduler-type"),
@@ -241,7 +242,7 @@ def test_settings_merge_config_json_then_flags():
                                              "warmup_ratio": 0.1}))
     args.eta = 4.0
     settings = settings_from_args(args)
-    assert settings.per_device_batch_size == 8 and settings.learning_rate == 1e-4
+    assert settings.batch_size == 8 and settings.per_device_batch_size(2) == 4 and settings.learning_rate == 1e-4
     assert settings.eta == 4.0 and settings.tau == pytest.approx((1 / 3) / 4.0) and settings.beta == 0.25
     assert settings.use_bf16() is False and settings.warmup_ratio == 0.1
 
@@ -264,7 +265,7 @@ class StopAt:
 
 
 def test_resume_after_crash_is_byte_identical(data, tmp_path, caplog):
-    settings = fast_settings(per_device_batch_size=5, epochs=3, save_steps=2)  # 3 steps/epoch, last batch short
+    settings = fast_settings(batch_size=5, epochs=3, save_steps=2)  # 3 steps/epoch, last batch short
     full = train_policy(data / "parent", [data / "scored_anchor.parquet"], tmp_path / "full",
                         resume_dir=tmp_path / "full.partial", settings=settings)
     side = tmp_path / "cut.partial"

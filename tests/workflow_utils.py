@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "profiles", "config.yaml", "configs"]
+WORKFLOW_FILES = ["Snakefile", "rules", "profiles", "config.yaml", "configs", "report"]
 
 
 def copy_workflow(destination: Path) -> Path:

@@ -24,6 +24,8 @@ def register(subparsers) -> None:
         "--style-mix", type=float, nargs=3, default=None, metavar=("BRIEF", "PLAIN", "DETAILED"),
         help="distribution of response styles in the SFT data (default 0.2 0.5 0.3)",
     )
+    build.add_argument("--continuations", choices=["fixed", "varied"], default="fixed",
+                       help="one answer text per (prompt, style) (default), or varied phrasings")
     build.set_defaults(func=run_build)
 
     prompts = actions.add_parser("prompts", help="write embedded prompts as a prompts parquet")
@@ -39,7 +41,8 @@ def run_build(args) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     kwargs = {} if args.style_mix is None else {"style_mix": args.style_mix}
-    summary = embedded.build(args.out, seed=args.seed, steps=args.steps, threads=args.threads, **kwargs)
+    summary = embedded.build(args.out, seed=args.seed, steps=args.steps, threads=args.threads,
+                             continuations=args.continuations, **kwargs)
     print(json.dumps(summary, sort_keys=True))
     return 0
 

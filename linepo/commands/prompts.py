@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         "revision": args.revision, "max_prompts": args.max_prompts, "num_loaded": len(loaded), "num_prompts": len(rows),
     }
     if args.out is not None:
+        if any("dataset" in row for row in rows):  # AlpacaEval's subsets, for its model_outputs.json
+            meta["datasets"] = {row["prompt_id"]: row.get("dataset") for row in rows}
         write_table(rows, args.out, "prompts", metadata=meta)
         print(f"wrote {len(rows)} prompts from {args.source} to {args.out}")
         return 0

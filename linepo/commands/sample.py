@@ -5,6 +5,12 @@
 
 Everything is checked before the model is loaded, and the output is written atomically
 at the end, so a bad input exits 2 with one line and leaves no file.
+
+--data-parallel N runs N worker processes, each on its own GPU (its own
+--tensor-parallel-size GPUs with vllm) taken from CUDA_VISIBLE_DEVICES, on contiguous
+blocks of the prompts (sizes differ by at most one: no prompt is dropped), and merges
+their samples in prompt order into one file equal to the unsharded one (every row is
+seeded by its prompt_id and sample_index): see :mod:`linepo.parallel`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
+    parser.add_argument("--data-parallel", type=int, default=1,
+                        help="worker processes, one per GPU (per tensor-parallel group with vllm); default 1")
     parser.set_defaults(func=run)
 
 
@@ -56,13 +64,77 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    prompts = read_table(args.prompts, "prompts").select(["prompt_id", "prompt"]).to_pylist()
+    table = read_table(args.prompts, "prompts")
+    prompts = table.select(["prompt_id", "prompt"]).to_pylist()
     if not prompts:
         raise InputError(f"{args.prompts}: no prompts")
+    if args.data_parallel < 1:
+        raise InputError(f"--data-parallel: must be an integer >= 1, got {args.data_parallel}")
+    if args.data_parallel > 1 and len(prompts) > 1:
+        return run_sharded(args, table, settings)
     sampler = make_sampler(
         args.policy, settings, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
     )
     rows = sampler.generate(prompts)
     write_table(rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__})
     print(f"wrote {len(rows)} samples ({len(prompts)} prompts x {settings.n}) to {args.out}")
+    return 0
+
+
+def worker_flags(args) -> list[str]:
+    """The flags that make a worker sample exactly as this command would."""
+    flags = ["--n", args.n, "--temperature", args.temperature, "--top-p", args.top_p,
+             "--max-new-tokens", args.max_new_tokens, "--seed", args.seed, "--backend", args.backend,
+             "--batch-size", args.batch_size, "--tensor-parallel-size", args.tensor_parallel_size,
+             "--dtype", args.dtype]
+    if args.device is not None:
+        flags += ["--device", args.device]
+    if args.threads is not None:
+        flags += ["--threads", args.threads]
+    if args.trust_remote_code:
+        flags.append("--trust-remote-code")
+    return [str(flag) for flag in flags]
+
+
+def run_sharded(args, table, settings) -> int:
+    """Sample contiguous prompt blocks in ``args.data_parallel`` workers; merge in prompt order."""
+    import time
+    from pathlib import Path
+
+    from linepo.models import resolve_policy
+    from linepo.parallel import (device_groups, exit_code, first_failure, linepo_command, run_workers,
+                                 shard_bounds, shard_folder, worker_env)
+    from linepo.sampling import check_prompts
+    from linepo.schemas import read_table, write_table
+
+    check_prompts(table.select(["prompt_id", "prompt"]).to_pylist())  # a repeated id would hide in two shards
+    resolve_policy(args.policy)  # a missing policy fails here, once, not in every worker
+    bounds = shard_bounds(table.num_rows, args.data_parallel)
+    per_shard = settings.tensor_parallel_size if settings.backend == "vllm" else 1
+    devices = device_groups(len(bounds), per_shard, "--data-parallel")
+    out = Path(args.out)
+    start = time.perf_counter()
+    with shard_folder(out) as folder:
+        commands, envs, labels = [], [], []
+        for k, ((lo, hi), device) in enumerate(zip(bounds, devices)):
+            write_table(table.slice(lo, hi - lo).to_pylist(), folder / f"prompts-{k}.parquet", "prompts")
+            commands.append(linepo_command("sample", "--policy", str(args.policy), "--prompts",
+                                           str(folder / f"prompts-{k}.parquet"), "--out",
+                                           str(folder / f"samples-{k}.parquet"), *worker_flags(args)))
+            envs.append(worker_env(device, len(bounds)))
+            labels.append(f"shard {k + 1}/{len(bounds)} prompts {lo}-{hi - 1}"
+                          + (f" cuda:{device}" if device is not None else ""))
+        results = run_workers(commands, envs, labels)
+        failure = first_failure(results)
+        if failure is not None:
+            reason = failure.error or f"exited with code {failure.returncode}"
+            print(f"linepo sample: error: {failure.label}: {reason}", file=sys.stderr)
+            return exit_code(failure)
+        rows = []
+        for k in range(len(bounds)):
+            rows.extend(read_table(folder / f"samples-{k}.parquet", "samples").to_pylist())
+    write_table(rows, out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__})
+    seconds = time.perf_counter() - start
+    print(f"wrote {len(rows)} samples ({table.num_rows} prompts x {settings.n}) to {args.out} "
+          f"from {len(bounds)} shards in {seconds:.1f} s")
     return 0

@@ -3,7 +3,19 @@
     linepo train --policy results/x/policy --scored results/x/scored.parquet [more.parquet ...] \\
         --out results/y/policy --resume-dir results/y/policy.partial \\
         --loss inpo --eta 500 --eta-tau 0.333 --epochs 3 --batch-size 32 --learning-rate 5e-7 \\
-        [--gradient-accumulation-steps 1] [--config-json '{"warmup_ratio": 0.1, "deepspeed": "ds.json"}']
+        [--gradient-accumulation-steps 1] [--config-json '{"warmup_ratio": 0.1, "deepspeed": "ds.json"}'] \\
+        [--num-processes 4 [--accelerate-config configs/accelerate/fsdp.yaml]]
+
+--batch-size is the *global* batch: pairs per optimizer step over all processes; each
+process takes batch-size / (num-processes × gradient-accumulation-steps) pairs per forward,
+so a step trains on the same pairs whatever the process count (the 2-process result equals
+the 1-process one up to float rounding: tests/test_training_multiprocess.py).
+
+--num-processes N > 1 trains data-parallel (DDP; one process per GPU, gloo on CPU): the
+command checks its inputs, then re-runs itself under ``accelerate launch`` (a free port,
+``--multi_gpu``, or the DeepSpeed/FSDP set-up of --accelerate-config, see
+configs/accelerate/). Run by hand under ``accelerate launch`` / torchrun it trains in the
+processes it is given. Only rank 0 writes the policy (atomically) and removes the side folder.
 
 --eta is the paper's step size η (KL weight 1/η; DPO's β = 1/η); --eta-tau is ητ ∈ (0, 1]
 (INPO only). --config-json takes any field of ``linepo.training.TrainSettings`` (or the
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +38,7 @@ LOSSES = ("dpo", "ipo", "inpo", "sppo")  # = linepo.losses.LOSSES, kept light
 
 #: flag destination -> TrainSettings field
 _FLAG_FIELDS = {
-    "loss": "loss", "eta": "eta", "eta_tau": "eta_tau", "epochs": "epochs", "batch_size": "per_device_batch_size",
+    "loss": "loss", "eta": "eta", "eta_tau": "eta_tau", "epochs": "epochs", "batch_size": "batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "learning_rate": "learning_rate",
     "lr_scheduler_type": "lr_scheduler_type", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
     "max_length": "max_length", "seed": "seed", "bf16": "bf16", "save_steps": "save_steps",
@@ -45,7 +58,8 @@ def register(subparsers) -> None:
     parser.add_argument("--eta", type=float, default=None, help="step size η > 0 (KL weight 1/η = DPO β); default 500")
     parser.add_argument("--eta-tau", type=float, default=None, help="ητ in (0, 1], INPO only; default 1/3")
     parser.add_argument("--epochs", type=float, default=None, help="default 3")
-    parser.add_argument("--batch-size", type=int, default=None, help="pairs per device per step; default 32")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="pairs per optimizer step over all processes (the global batch); default 32")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=None, help="default 1")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
     parser.add_argument("--lr-scheduler-type", default=None, help="default linear")
@@ -63,6 +77,11 @@ def register(subparsers) -> None:
                         help="JSON object of training settings (TrainSettings fields); flags win over it")
     parser.add_argument("--trust-remote-code", action="store_true", default=None,
                         help="run the checkpoint's own modelling code")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="data-parallel processes (one per GPU); > 1 launches `accelerate launch`; default 1 "
+                             "(or WORLD_SIZE when already launched)")
+    parser.add_argument("--accelerate-config", type=Path, default=None,
+                        help="accelerate config file for the launch (DeepSpeed ZeRO, FSDP: configs/accelerate/)")
     parser.set_defaults(func=run)
 
 
@@ -89,17 +108,94 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    from linepo.training import NonFiniteLossError, train_policy
+    from linepo.errors import InputError
+    from linepo.training import NonFiniteLossError, is_main_process, train_policy
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s",
+                            stream=sys.stderr)
     settings = settings_from_args(args)
+    if args.num_processes is not None and args.num_processes < 1:
+        raise InputError(f"--num-processes: must be at least 1, got {args.num_processes}")
+    if args.accelerate_config is not None and not args.accelerate_config.is_file():
+        raise InputError(f"--accelerate-config {args.accelerate_config}: file not found")
+    launched = os.environ.get("WORLD_SIZE")
+    if launched is None and (args.num_processes or 1) > 1:
+        return launch(args, settings)
+    if launched is not None and args.num_processes is not None and launched != str(args.num_processes):
+        raise InputError(f"--num-processes {args.num_processes}: but launched with WORLD_SIZE={launched}")
     try:
         stats = train_policy(args.policy, args.scored, args.out, resume_dir=args.resume_dir, settings=settings)
     except NonFiniteLossError as err:
-        print(f"linepo train: error: {err}", file=sys.stderr)
+        if is_main_process():
+            print(f"linepo train: error: {err}", file=sys.stderr)
         return 1
-    print(f"linepo train: wrote {args.out}: {stats['global_step']} steps (resumed at {stats['resumed_from_step']}), "
-          f"{stats['tokens_per_s']} tokens/s", file=sys.stderr)
-    print(json.dumps(stats, sort_keys=True))
+    if is_main_process():
+        print(f"linepo train: wrote {args.out}: {stats['global_step']} steps (resumed at "
+              f"{stats['resumed_from_step']}), {stats['tokens_per_s']} tokens/s", file=sys.stderr)
+        print(json.dumps(stats, sort_keys=True))
     return 0
+
+
+def check_inputs(args, settings) -> None:
+    """What the training processes would reject, checked before launching them (one line, exit 2).
+
+    Raises:
+        InputError: a batch that does not divide among the processes, a missing or malformed
+            scored file, a policy folder that is not one, overlapping output and side folders.
+    """
+    from linepo.errors import InputError
+    from linepo.models import resolve_policy
+    from linepo.training import read_scored
+
+    settings.per_device_batch_size(args.num_processes)
+    for path in args.scored:
+        if not Path(path).is_file():
+            raise InputError(f"--scored {path}: file not found")
+    out, side = args.out.resolve(), args.resume_dir.resolve()
+    if out == side or side.is_relative_to(out) or out.is_relative_to(side):
+        raise InputError(f"--resume-dir {args.resume_dir}: must lie outside --out {args.out} (and not contain it)")
+    read_scored(args.scored)
+    resolve_policy(args.policy)
+
+
+def launch_command(args, settings, *, port: int) -> list[str]:
+    """``accelerate launch ... -m linepo.cli train ...`` re-running this command in N processes."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
+               "--num_machines", "1", "--main_process_port", str(port), "--dynamo_backend", "no"]
+    if args.accelerate_config is not None:
+        command += ["--config_file", str(args.accelerate_config)]
+    else:
+        # DDP through torchrun; on CPU too (the Trainer then joins a gloo group with use_cpu).
+        command += ["--multi_gpu", "--mixed_precision", "no"]
+    command += ["-m", "linepo.cli", "train", "--policy", str(args.policy), "--scored", *map(str, args.scored),
+                "--out", str(args.out), "--resume-dir", str(args.resume_dir),
+                "--config-json", json.dumps(settings.to_dict(), sort_keys=True),
+                "--num-processes", str(args.num_processes)]
+    return command
+
+
+def launch(args, settings) -> int:
+    """Check the inputs, then train in ``args.num_processes`` processes under ``accelerate launch``."""
+    import torch
+
+    from linepo.errors import InputError
+    from linepo.parallel import exit_code, first_failure, free_port, run_workers
+
+    check_inputs(args, settings)
+    cuda = torch.cuda.is_available()
+    if cuda and torch.cuda.device_count() < args.num_processes:
+        raise InputError(f"--num-processes {args.num_processes}: one process per GPU, but only "
+                         f"{torch.cuda.device_count()} GPU(s) are visible")
+    command = launch_command(args, settings, port=free_port())
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_processes)))
+    print(f"linepo train: launching {args.num_processes} processes ({'GPU' if cuda else 'CPU, gloo'}): "
+          + " ".join(command[:command.index("-m", 2)]), file=sys.stderr, flush=True)
+    results = run_workers([command], [env], ["launch"], echo_stdout=True)
+    failure = first_failure(results)
+    if failure is None:
+        return 0
+    reason = failure.error or f"accelerate launch exited with code {failure.returncode} (see the lines above)"
+    print(f"linepo train: error: {reason}", file=sys.stderr)
+    return exit_code(failure)

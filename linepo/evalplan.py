@@ -1,0 +1,235 @@
+"""The evaluation DAG: which checkpoints are evaluated, and content-addressed ids for their
+generations and pairwise comparisons (paper Table 2 and Figure 3).
+
+Ids are hashes of recipes, like :mod:`linepo.plan`'s:
+
+- a *generation* (a checkpoint answering the eval prompts) is keyed by (policy id, eval
+  prompts id, decoding settings, runtime): a changed judge never regenerates;
+- a *comparison* (every prompt's two outputs judged in both orders) is keyed by the
+  unordered pair of generation ids and the eval judge: adding a checkpoint adds only its
+  row and column, and changing only the eval judge re-judges without regenerating.
+
+Checkpoints are SFT, every run's final policy, and the intermediate ones named under
+``evaluation.checkpoints`` (``inpo_r2: {run: inpo, round: 2}`` → "INPO-R2"), ordered like
+the paper's Table 2. Model-free: imported by the Snakefile and by config validation.
+
+    python -m linepo.evalplan config.yaml      # print checkpoints and job counts
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+
+from linepo.errors import InputError
+from linepo.parallel import recipe_view
+from linepo.plan import ALGORITHMS, ONE_PASS, Plan, recipe_id
+
+#: Display labels by algorithm, and the paper's Table 2 order of rows and columns.
+ALGORITHM_LABELS = {"dpo": "DPO", "ipo": "IPO", "iter_ipo": "Iter-IPO", "sppo": "SPPO",
+                    "inpo": "INPO", "linepo": "LINE-PO"}
+TABLE_ORDER = ("dpo", "ipo", "iter_ipo", "sppo", "inpo", "linepo")
+assert set(TABLE_ORDER) == set(ALGORITHMS)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str  # a wildcard-safe key: "sft", a run name, or a name under evaluation.checkpoints
+    label: str  # what tables and figures print: "SFT", "INPO-R2", "LINE-PO"
+    policy: str
+    generation: str
+    run: str | None = None
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of Figure 3: a run's policy after ``iteration`` steps, against SFT."""
+
+    run: str
+    iteration: int  # 0 is the SFT policy itself (50% by definition)
+    round: int
+    split: str
+    policy: str
+    generation: str
+    comparison: str | None  # None at iteration 0
+
+
+@dataclass
+class EvalPlan:
+    judge: dict
+    decoding: dict
+    sft_generation: str
+    checkpoints: list = field(default_factory=list)  # Checkpoint, in Table 2 order
+    generations: dict = field(default_factory=dict)  # generation id -> policy id
+    comparisons: dict = field(default_factory=dict)  # comparison id -> (generation a, generation b), a < b
+    curves: dict = field(default_factory=dict)  # run -> [CurvePoint]
+    round_length: dict = field(default_factory=dict)  # run -> steps per round (red lines of Figure 3)
+    run_labels: dict = field(default_factory=dict)  # run -> its label without a round suffix ("INPO")
+
+    @staticmethod
+    def generation_path(generation_id: str) -> str:
+        return f"results/eval/generations/{generation_id}.parquet"
+
+    @staticmethod
+    def comparison_path(comparison_id: str) -> str:
+        return f"results/eval/comparisons/{comparison_id}.parquet"
+
+    def comparison_between(self, generation_a: str, generation_b: str) -> str | None:
+        """The comparison id of two generations (either order); None when they are the same."""
+        if generation_a == generation_b:
+            return None
+        a, b = sorted((generation_a, generation_b))
+        return recipe_id("eval_compare", {"a": a, "b": b, "judge": self.judge})
+
+    def matrix_comparisons(self) -> list[str]:
+        ids = {self.comparison_between(x.generation, y.generation)
+               for i, x in enumerate(self.checkpoints) for y in self.checkpoints[i + 1:]}
+        return sorted(i for i in ids if i is not None)
+
+    def curve_comparisons(self) -> list[str]:
+        return sorted({p.comparison for points in self.curves.values() for p in points if p.comparison})
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        return next(c for c in self.checkpoints if c.name == name)
+
+
+def resolve_evaluation(config: dict) -> dict:
+    """The evaluation section with its judge filled in (null: a copy of ``judge``), checked.
+
+    Raises:
+        InputError: "config key evaluation.…: <reason>" for a checkpoint no run produces, a
+            round beyond a run's last, a name or label used twice, or a bad synthetic judge.
+    """
+    section = copy.deepcopy(config["evaluation"])
+    decoding = section["decoding"]
+    for key in ("temperature", "top_p", "max_new_tokens", "batch_size", "backend"):
+        if decoding.get(key) is None:  # unset: decode as the runs sample
+            decoding[key] = config["sampling"][key]
+    if section["judge"] is None:
+        section["judge"] = copy.deepcopy(config["judge"])
+    elif section["judge"].get("type") == "synthetic":
+        from linepo.judges import make_judge  # numpy only: a bad matrix fails before planning
+
+        make_judge(section["judge"], source="config key evaluation.judge")
+    runs = config["runs"]
+    for name, spec in section["checkpoints"].items():
+        key = f"config key evaluation.checkpoints.{name}"
+        if name == "sft" or name in runs:
+            raise InputError(f"{key}: the name {name!r} is already a checkpoint (SFT and each run's final policy are evaluated)")
+        run = runs.get(spec["run"])
+        if run is None:
+            raise InputError(f"{key}.run: no run {spec['run']!r} produces this checkpoint "
+                             f"(runs: {', '.join(runs) or 'none'})")
+        if spec["round"] > run["rounds"]:
+            raise InputError(f"{key}.round: run {spec['run']!r} has {run['rounds']} round(s), not {spec['round']}")
+        if spec["round"] == run["rounds"]:
+            raise InputError(f"{key}.round: round {spec['round']} is the last of run {spec['run']!r}: "
+                             "its final policy is evaluated already")
+    unknown = sorted(set(section["labels"]) - set(runs) - {"sft"})
+    if unknown:
+        raise InputError(f"config key evaluation.labels.{unknown[0]}: no such run (runs: {', '.join(runs) or 'none'})")
+    return section
+
+
+def _labels(config: dict, section: dict) -> dict:
+    """Label of each checkpoint name; a run's final gets "-R<rounds>" when one of its rounds is named too."""
+    runs, labels = config["runs"], section["labels"]
+
+    def run_label(run: str) -> str:
+        if run in labels:
+            return labels[run]
+        algorithm = runs[run]["algorithm"]
+        return ALGORITHM_LABELS[algorithm] if run == algorithm else run
+
+    named_runs = {spec["run"] for spec in section["checkpoints"].values()}
+    out = {"sft": labels.get("sft", "SFT"), **{f"run:{run}": run_label(run) for run in runs}}
+    for run, spec in runs.items():
+        out[run] = run_label(run) + (f"-R{spec['rounds']}" if run in named_runs and run not in labels else "")
+    for name, spec in section["checkpoints"].items():
+        out[name] = spec.get("label") or f"{run_label(spec['run'])}-R{spec['round']}"
+    seen = {}
+    for name, label in out.items():
+        if name.startswith("run:"):
+            continue
+        if label in seen:
+            raise InputError(f"config key evaluation: checkpoints {seen[label]!r} and {name!r} have the same label "
+                             f"{label!r}; set evaluation.labels or a checkpoint's label")
+        seen[label] = name
+    return out
+
+
+def build_eval_plan(config: dict, plan: Plan) -> EvalPlan:
+    """The evaluation plan of a *validated* config and its training :class:`Plan`."""
+    section = config["evaluation"]
+    if section["judge"] is None or None in section["decoding"].values():  # validate_config resolves them
+        section = resolve_evaluation(config)
+    policy_cfg = config["policy"]
+    runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
+    decoding = dict(section["decoding"])
+
+    def generation(policy: str) -> str:
+        gid = recipe_id("eval_generate", {"policy": policy, "prompts": plan.eval_prompts,
+                                          "decoding": decoding, **runtime})
+        eplan.generations.setdefault(gid, policy)
+        return gid
+
+    # Without execution keys (data_parallel): how many workers judge is not what a comparison is.
+    eplan = EvalPlan(judge=recipe_view(section["judge"]), decoding=decoding, sft_generation="")
+    eplan.sft_generation = generation(plan.sft)
+    if not section["enabled"] or not plan.runs:
+        return eplan
+    labels = _labels(config, section)
+    eplan.run_labels = {run: labels[f"run:{run}"] for run in config["runs"]}
+    runs = config["runs"]
+    order = {alg: i for i, alg in enumerate(TABLE_ORDER)}
+    run_index = {run: i for i, run in enumerate(runs)}
+    entries = [((-1, 0, 0), Checkpoint("sft", labels["sft"], plan.sft, eplan.sft_generation))]
+    for run, spec in runs.items():
+        policy = plan.final_policy(run)
+        key = (order[spec["algorithm"]], run_index[run], spec["rounds"])
+        entries.append((key, Checkpoint(run, labels[run], policy, generation(policy), run, spec["rounds"])))
+    for name, spec in section["checkpoints"].items():
+        policy = plan.policy_after_round(spec["run"], spec["round"])
+        key = (order[runs[spec["run"]]["algorithm"]], run_index[spec["run"]], spec["round"])
+        entries.append((key, Checkpoint(name, labels[name], policy, generation(policy), spec["run"], spec["round"])))
+    eplan.checkpoints = [c for _, c in sorted(entries, key=lambda e: e[0])]
+    for x in eplan.checkpoints:
+        for y in eplan.checkpoints:
+            cid = eplan.comparison_between(x.generation, y.generation)
+            if cid:
+                eplan.comparisons[cid] = tuple(sorted((x.generation, y.generation)))
+
+    if section["curves"]:
+        every = section["curve_every"]
+        for run, steps in plan.runs.items():
+            if runs[run]["algorithm"] in ONE_PASS or len(steps) < 2:
+                continue
+            points = [CurvePoint(run, 0, 0, "sft", plan.sft, eplan.sft_generation, None)]
+            for k, step in enumerate(steps, start=1):
+                if k % every and k != len(steps):
+                    continue
+                gid = generation(step.policy)
+                cid = eplan.comparison_between(gid, eplan.sft_generation)
+                if cid:
+                    eplan.comparisons[cid] = tuple(sorted((gid, eplan.sft_generation)))
+                points.append(CurvePoint(run, k, step.round, step.split, step.policy, gid, cid))
+            eplan.curves[run] = points
+            eplan.round_length[run] = len(steps) // runs[run]["rounds"]
+    return eplan
+
+
+def describe(eplan: EvalPlan) -> str:
+    lines = ["checkpoints: " + ", ".join(f"{c.label} ({c.name})" for c in eplan.checkpoints)]
+    lines.append(f"generations: {len(eplan.generations)}, comparisons: {len(eplan.comparisons)} "
+                 f"(matrix {len(eplan.matrix_comparisons())}), curves: {', '.join(eplan.curves) or 'none'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from linepo.config import load_config
+    from linepo.plan import build_plan
+
+    cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else "config.yaml")
+    print(describe(build_eval_plan(cfg, build_plan(cfg))))

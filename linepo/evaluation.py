@@ -1,0 +1,320 @@
+"""Evaluation: pairwise win rates between checkpoints' generations, with bootstrap standard
+errors, Figure 3's curves, the summary table and the AlpacaEval export (paper §5.2).
+
+A *comparison* judges every prompt's two outputs (sample i of A against sample i of B) in
+both orders, so a judge's position bias cancels: P(A ≻ B) = ½ (P(A ≻ B | A shown first) +
+1 − P(B ≻ A | B shown first)). A win rate is the mean over prompts of that probability
+(ties count ½: the synthetic oracle gives ½ within a category, an LM judge ½ to identical
+outputs); its standard error is the std of the mean over bootstrap resamples of prompts.
+
+    linepo compare --a a.parquet --b b.parquet --judge-config '{"type": "synthetic"}' --out ab.parquet
+    linepo win-rates --spec '{...}' --csv M.csv --se-csv SE.csv --figure M.png
+    linepo alpaca-export --generations g.parquet --prompts eval.parquet --generator LINE-PO --out model_outputs.json
+
+Numpy and pyarrow only: torch is imported only when an LM judge is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from linepo.errors import InputError
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+def _by_key(table, path) -> dict[tuple[str, int], dict]:
+    rows = {}
+    for row in table.to_pylist():
+        key = (row["prompt_id"], int(row["sample_index"]))
+        if key in rows:
+            raise InputError(f"{path}: prompt {row['prompt_id']} sample {row['sample_index']} appears twice")
+        rows[key] = row
+    return rows
+
+
+def compare(rows_a: dict, rows_b: dict, judge, *, name_a: str = "a", name_b: str = "b") -> list[dict]:
+    """Judge every (prompt, sample) that both generations answered, in both orders.
+
+    Args:
+        rows_a, rows_b: ``{(prompt_id, sample_index): samples row}`` of the two generations.
+
+    Returns:
+        rows of the "comparisons" artefact, in prompt then sample order of ``rows_a``.
+
+    Raises:
+        InputError: the generations answered different prompts or sample counts (named),
+            or the judge gave a probability outside [0, 1] (naming the prompt and order).
+    """
+    from linepo.judges import JudgeError
+
+    missing = [k for k in rows_a if k not in rows_b] or [k for k in rows_b if k not in rows_a]
+    if missing:
+        pid, index = missing[0]
+        raise InputError(f"{name_a} and {name_b} answer different prompts: prompt {pid} sample {index} "
+                         f"is in one only ({len(missing)} such)")
+    keys = list(rows_a)
+    prompts = [rows_a[k]["prompt"] for k in keys]
+    a = [rows_a[k]["response"] for k in keys]
+    b = [rows_b[k]["response"] for k in keys]
+    n = len(keys)
+    try:  # one call: an LM judge batches (and de-duplicates) both orders together
+        prob, failed = judge.probabilities(prompts + prompts, a + b, b + a)
+    except JudgeError as err:
+        match = re.search(r"comparison (\d+)", str(err))
+        i = int(match.group(1)) if match else 0
+        first = name_a if i < n else name_b
+        pid, index = keys[i % n]
+        raise InputError(f"judge {getattr(judge, 'name', 'judge')!r}: P(first ≻ second) = "
+                         f"{_bad_value(str(err))} is outside [0, 1] for prompt {pid} sample {index} "
+                         f"({first} shown first); no comparison was written") from None
+    a_first, b_first = prob[:n], prob[n:]
+    any_failed = failed[:n] | failed[n:]
+    combined = np.where(any_failed, np.nan, 0.5 * (a_first + 1.0 - b_first))
+    return [
+        {"prompt_id": k[0], "sample_index": k[1],
+         "prob_a_first": None if failed[i] else float(a_first[i]),
+         "prob_b_first": None if failed[n + i] else float(b_first[i]),
+         "prob_a_wins": None if any_failed[i] else float(combined[i]),
+         "failed": bool(any_failed[i])}
+        for i, k in enumerate(keys)
+    ]
+
+
+def _bad_value(message: str) -> str:
+    match = re.search(r"= (\S+) for comparison", message)
+    return match.group(1) if match else "a value"
+
+
+def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--judge-config") -> dict:
+    """Read two generations, judge them (:func:`compare`), write the comparisons file atomically."""
+    from linepo.judges import make_judge
+    from linepo.schemas import read_table, write_table
+
+    rows_a = _by_key(read_table(path_a, "samples"), path_a)
+    rows_b = _by_key(read_table(path_b, "samples"), path_b)
+    judge = make_judge(judge_config, source=source)
+    rows = compare(rows_a, rows_b, judge, name_a=str(path_a), name_b=str(path_b))
+    failed = sum(r["failed"] for r in rows)
+    valid = [r["prob_a_wins"] for r in rows if not r["failed"]]
+    meta = {"a": str(path_a), "b": str(path_b), "judge": judge_config, "failed": failed}
+    write_table(rows, out, "comparisons", metadata=meta)
+    return {"comparisons": len(rows), "failed": failed,
+            "win_rate_a": float(np.mean(valid)) if valid else None}
+
+
+# ----------------------------------------------------------------------------- win rates
+
+
+def per_prompt(table) -> dict[str, float]:
+    """Mean P(a ≻ b) per prompt over its non-failed samples (prompts with none are dropped)."""
+    sums, counts = defaultdict(float), defaultdict(int)
+    columns = table.to_pydict() if hasattr(table, "to_pydict") else table
+    for pid, p, failed in zip(columns["prompt_id"], columns["prob_a_wins"], columns["failed"]):
+        if not failed and p is not None:
+            sums[pid] += p
+            counts[pid] += 1
+    return {pid: sums[pid] / counts[pid] for pid in sums}
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def bootstrap_se(values, resamples: int, seed: int) -> float:
+    """Standard error of the mean of ``values`` from ``resamples`` bootstrap resamples."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(resamples, values.size))  # (B, N)
+    return float(values[idx].mean(axis=1).std(ddof=1))
+
+
+def win_rate(table, *, a_is_row: bool, resamples: int, seed: int) -> dict:
+    """Row's win rate against column from one comparison table: mean, SE, prompt and failure counts."""
+    values = per_prompt(table)
+    p = np.array([values[k] for k in sorted(values)])
+    if not a_is_row:
+        p = 1.0 - p
+    failed = int(sum(table.column("failed").to_pylist())) if hasattr(table, "column") else 0
+    return {"win_rate": float(p.mean()) if p.size else float("nan"),
+            "se": bootstrap_se(p, resamples, seed), "prompts": int(p.size), "failed": failed}
+
+
+def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: int = 1000, seed: int = 0):
+    """The row-vs-column win-rate matrix (fractions) and its standard errors.
+
+    Args:
+        checkpoints: ``[{"name", "label", "generation"}]`` in table order.
+        comparisons: ``{comparison id: {"a": generation, "b": generation, "table": pyarrow table}}``.
+
+    Returns:
+        ``(labels, M, SE, pairs)``: M[i][j] = P(row i ≻ column j) (diagonal ½, SE 0),
+        M + Mᵀ = 1 exactly, and one dict per ordered pair with counts.
+
+    Raises:
+        InputError: a pair of checkpoints has no comparison.
+    """
+    by_pair = {}
+    for cid, c in comparisons.items():
+        by_pair[(c["a"], c["b"])] = (cid, c["table"])
+    k = len(checkpoints)
+    m, se = np.full((k, k), 0.5), np.zeros((k, k))
+    pairs = []
+    for i, row in enumerate(checkpoints):
+        for j, col in enumerate(checkpoints):
+            if i == j or row["generation"] == col["generation"]:
+                if i != j:
+                    pairs.append({"row": row["label"], "column": col["label"], "win_rate": 0.5, "se": 0.0,
+                                  "prompts": 0, "failed": 0, "comparison": ""})
+                continue
+            a, b = sorted((row["generation"], col["generation"]))
+            if (a, b) not in by_pair:
+                raise InputError(f"no comparison of {row['label']} and {col['label']} (generations {a}, {b})")
+            cid, table = by_pair[(a, b)]
+            result = win_rate(table, a_is_row=row["generation"] == a, resamples=resamples, seed=_seed(seed, cid))
+            m[i, j], se[i, j] = result["win_rate"], result["se"]
+            pairs.append({"row": row["label"], "column": col["label"], **result, "comparison": cid})
+    return [c["label"] for c in checkpoints], m, se, pairs
+
+
+def matrix_csv(labels, m, *, avg: bool = True) -> str:
+    """CSV of a matrix in percent (2 decimals), with the row mean (diagonal included, as Table 2) as Avg."""
+    header = ["row/column", *labels] + (["Avg"] if avg else [])
+    lines = [",".join(_csv(h) for h in header)]
+    for label, row in zip(labels, m):
+        values = [f"{100 * v:.2f}" for v in row] + ([f"{100 * np.mean(row):.2f}"] if avg else [])
+        lines.append(",".join([_csv(label), *values]))
+    return "\n".join(lines) + "\n"
+
+
+def _csv(text: str) -> str:
+    return f'"{text}"' if any(c in text for c in ',"\n') else text
+
+
+def read_matrix_csv(path) -> tuple[list[str], np.ndarray]:
+    """The labels and values (percent) of a :func:`matrix_csv` file, Avg column dropped."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    labels = rows[0][1:]
+    if labels and labels[-1] == "Avg":
+        labels = labels[:-1]
+    values = np.array([[float(v) for v in r[1:1 + len(labels)]] for r in rows[1:]])
+    return labels, values
+
+
+# ----------------------------------------------------------------------------- curves, summary
+
+
+def mean_length(table) -> float:
+    """Average generated tokens per output of a generation (samples) table."""
+    tokens = table.column("num_tokens").to_pylist()
+    return float(np.mean(tokens)) if tokens else float("nan")
+
+
+def curve_rows(runs: dict, generations: dict, comparisons: dict, *, resamples: int, seed: int) -> list[dict]:
+    """Figure 3's points: per run and iteration, win rate against SFT (± SE) and mean length.
+
+    Args:
+        runs: ``{run: {"label", "round_length", "points": [{"iteration", "round", "split",
+            "generation", "comparison", "sft_generation"}]}}``.
+        generations: ``{generation id: samples table}``.
+        comparisons: ``{comparison id: comparisons table}``.
+    """
+    rows = []
+    for run, spec in runs.items():
+        for point in spec["points"]:
+            cid = point["comparison"]
+            if cid is None:
+                rate = {"win_rate": 0.5, "se": 0.0}
+            else:
+                a_is_policy = point["generation"] < point["sft_generation"]
+                rate = win_rate(comparisons[cid], a_is_row=a_is_policy, resamples=resamples, seed=_seed(seed, cid))
+            rows.append({"run": run, "label": spec["label"], "iteration": point["iteration"],
+                         "round": point["round"], "split": point["split"],
+                         "win_rate_vs_sft": rate["win_rate"], "se": rate["se"],
+                         "avg_tokens": mean_length(generations[point["generation"]]),
+                         "round_length": spec["round_length"], "generation": point["generation"]})
+    return rows
+
+
+def summary_rows(labels, m, checkpoints, lengths: dict, exploitability: dict) -> list[dict]:
+    """Per checkpoint: average and worst win rate (robust alignment: ≥ 50% against all), length,
+    and, with the synthetic oracle, exploitability and category distribution."""
+    rows = []
+    for i, (label, cp) in enumerate(zip(labels, checkpoints)):
+        others = [j for j in range(len(labels)) if j != i]
+        worst = min(others, key=lambda j: m[i, j]) if others else None
+        report = exploitability.get(cp["name"])
+        rows.append({
+            "checkpoint": cp["name"], "label": label,
+            "avg_win_rate": float(np.mean(m[i])),
+            "worst_win_rate": float(m[i, worst]) if worst is not None else float("nan"),
+            "worst_against": labels[worst] if worst is not None else "",
+            "avg_tokens": lengths[cp["generation"]],
+            "exploitability": report["exploitability"] if report else None,
+            "category_distribution": ", ".join(f"{k} {v:.3f}" for k, v in report["category_distribution"].items())
+            if report else "",
+            "policy": cp.get("policy", ""),
+        })
+    return rows
+
+
+def tsv(rows: list[dict]) -> str:
+    """Rows as TSV; floats to 4 decimals, None as empty."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return "nan" if np.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    return "\n".join(["\t".join(keys)] + ["\t".join(cell(r[k]) for k in keys) for r in rows]) + "\n"
+
+
+# ----------------------------------------------------------------------------- AlpacaEval
+
+
+def alpaca_eval_records(generation, prompts, generator: str, *, prompts_meta: dict | None = None) -> list[dict]:
+    """AlpacaEval ``model_outputs.json`` records, in eval prompt order: sample 0 of each prompt.
+
+    ``dataset`` is the AlpacaEval subset when the prompts file recorded it (its metadata
+    ``datasets``: prompt_id → subset), else the prompts' source.
+
+    Raises:
+        InputError: a prompt has no sample 0 in the generation.
+    """
+    subsets = (prompts_meta or {}).get("datasets") or {}
+    outputs = {r["prompt_id"]: r["response"] for r in generation.to_pylist() if r["sample_index"] == 0}
+    records = []
+    for row in prompts.to_pylist():
+        if row["prompt_id"] not in outputs:
+            raise InputError(f"generation has no output for prompt {row['prompt_id']}")
+        records.append({"instruction": row["prompt"], "output": outputs[row["prompt_id"]],
+                        "generator": generator, "dataset": subsets.get(row["prompt_id"], row["source"])})
+    return records
+
+
+def write_text(path, text: str) -> None:
+    from linepo.schemas import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, value) -> None:
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,83 @@
+"""Evaluation figures for the report: the win-rate heatmap (Table 2) and the training curves
+(Figure 3). Matplotlib with the Agg backend, written atomically.
+
+    linepo win-rates ... --figure results/summary/win_rates.png
+    linepo eval-curves ... --figure results/summary/curves.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out) -> Path:
+    from linepo.schemas import atomic_path
+
+    plt = _pyplot()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(out)
+
+
+def heatmap(labels, m, se, out, *, title: str = "") -> Path:
+    """Row-vs-column win rates (%) with ± SE in each cell, the Avg column beside them."""
+    plt = _pyplot()
+    k = len(labels)
+    avg = m.mean(axis=1, keepdims=True)
+    fig, (ax, ax_avg) = plt.subplots(1, 2, figsize=(1.1 * k + 3.2, 0.75 * k + 1.6),
+                                     gridspec_kw={"width_ratios": [k, 1.2]})
+    for axis, values, names in ((ax, m, labels), (ax_avg, avg, ["Avg"])):
+        axis.imshow(100 * values, cmap="RdBu", vmin=0, vmax=100, aspect="auto")
+        axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        axis.set_yticks(range(k), labels if axis is ax else [""] * k)
+        for i in range(k):
+            for j in range(values.shape[1]):
+                text = f"{100 * values[i, j]:.1f}"
+                if axis is ax and i != j:
+                    text += f"\n±{100 * se[i, j]:.1f}"
+                axis.text(j, i, text, ha="center", va="center", fontsize=8,
+                          color="white" if abs(values[i, j] - 0.5) > 0.3 else "black")
+    ax.set_ylabel("row")
+    ax.set_title(title or "win rate of row vs column (%)")
+    return _save(fig, out)
+
+
+def curves(rows: list[dict], out, *, title: str = "") -> Path:
+    """Figure 3: per run, win rate vs SFT (± SE) and mean output length over iterations."""
+    plt = _pyplot()
+    fig, (ax_win, ax_len) = plt.subplots(1, 2, figsize=(10, 3.6))
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    ends = set()
+    for run in runs:
+        points = [r for r in rows if r["run"] == run]
+        x = [p["iteration"] for p in points]
+        label = points[0]["label"]
+        ax_win.errorbar(x, [100 * p["win_rate_vs_sft"] for p in points], yerr=[100 * p["se"] for p in points],
+                        marker="o", markersize=3, capsize=2, label=label)
+        ax_len.plot(x, [p["avg_tokens"] for p in points], marker="o", markersize=3, label=label)
+        length = points[0]["round_length"]
+        if length:
+            ends.update(range(length, max(x) + 1, length))
+    for axis in (ax_win, ax_len):
+        for end in sorted(ends):
+            axis.axvline(end, color="red", linestyle="--", linewidth=0.8)
+        axis.set_xlabel("iteration (training step)")
+    ax_win.axhline(50, color="grey", linewidth=0.8)
+    ax_win.set_ylabel("win rate vs SFT (%)")
+    ax_len.set_ylabel("mean output length (tokens)")
+    ax_win.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)

@@ -1,0 +1,292 @@
+"""The evaluation workflow end to end on a tiny embedded setup, via the `snakemake` CLI:
+`snakemake --cores 2` alone writes the win-rate matrix, curves, tables and AlpacaEval
+exports; `snakemake --report` builds an HTML report whose figures load in headless
+Chromium; config changes replan only what they touch; bad input fails in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from linepo.config import validate_config
+from linepo.evalplan import build_eval_plan
+from linepo.plan import build_plan
+from workflow_utils import copy_workflow, edit_config, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "synthetic": {"settings": {}},
+    "policy": {"sft": "embedded", "embedded": {"steps": 40, "seed": 0}},
+    "prompts": {"source": "embedded", "max_prompts": 24, "num_splits": 2, "seed": 0},
+    "eval_prompts": {"source": "embedded", "max_prompts": 16},
+    "sampling": {"n": 3, "max_new_tokens": 12, "batch_size": 32, "temperature": 1.0},
+    "judge": {"type": "synthetic"},
+    "preferences": {"selection": "all_pairs"},
+    "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5.0e-4, "save_steps": 1},
+    "runs": {"dpo": {"algorithm": "dpo", "eta": 4.0},
+             "inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 2}},
+    "evaluation": {"checkpoints": {"inpo_r1": {"run": "inpo", "round": 1}},
+                   "decoding": {"n": 2, "temperature": 1.0, "max_new_tokens": 12, "batch_size": 32},
+                   "bootstrap": 200},
+}
+LABELS = ["SFT", "DPO", "INPO-R1", "INPO-R2"]
+TRAINING_RULES = {"sft_embedded", "prompt_splits", "sample", "judge", "pairs", "score", "train"}
+
+
+def eval_plan(workdir: Path):
+    config = validate_config(yaml.safe_load((workdir / "config.yaml").read_text()))
+    return build_eval_plan(config, build_plan(config))
+
+
+def dry_run(workdir) -> list[tuple[str, dict]]:
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return planned_jobs(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    directory = copy_workflow(tmp_path_factory.mktemp("evaluation"))
+    (directory / "config.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    result = snakemake(directory, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return directory
+
+
+def read_tsv(path: Path) -> list[dict]:
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    return [dict(zip(lines[0], line)) for line in lines[1:]]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    return rows[0][1:], [r[0] for r in rows[1:]], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+
+
+def test_snakemake_alone_writes_the_matrix_curves_tables_and_exports(workdir):
+    summary = workdir / "results/summary"
+    columns, rows, m = read_csv(summary / "win_rates.csv")
+    assert columns == LABELS + ["Avg"] and rows == LABELS
+    se_columns, _, se = read_csv(summary / "win_rates_se.csv")
+    assert se_columns == LABELS and se.shape == (4, 4)
+    for figure in ("win_rates.png", "curves.png"):
+        assert (summary / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    points = read_tsv(summary / "curves.tsv")
+    assert {"run", "iteration", "win_rate_vs_sft", "se", "avg_tokens"} <= set(points[0])
+    assert [int(p["iteration"]) for p in points] == [0, 1, 2, 3, 4] and {p["label"] for p in points} == {"INPO"}
+    assert float(points[0]["win_rate_vs_sft"]) == 0.5 and all(float(p["avg_tokens"]) > 0 for p in points)
+    table = read_tsv(summary / "evaluation.tsv")
+    assert [r["label"] for r in table] == LABELS
+    for row, values in zip(table, m):
+        assert float(row["avg_win_rate"]) == pytest.approx(values[-1] / 100, abs=1e-4)
+        assert float(row["worst_win_rate"]) == pytest.approx(min(np.delete(values[:-1], LABELS.index(row["label"]))) / 100, abs=1e-4)
+        assert 0 <= float(row["exploitability"]) <= 0.5 and "brief" in row["category_distribution"]
+    for name in ("sft", "dpo", "inpo_r1", "inpo"):
+        records = json.loads((workdir / f"results/eval/alpaca_eval/{name}/model_outputs.json").read_text())
+        assert len(records) == 16 and set(records[0]) == {"instruction", "output", "generator", "dataset"}
+    assert dry_run(workdir) == []  # nothing left to do
+
+
+def test_the_matrix_is_consistent(workdir):
+    _, _, m = read_csv(workdir / "results/summary/win_rates.csv")
+    _, _, se = read_csv(workdir / "results/summary/win_rates_se.csv")
+    m = m[:, :-1]
+    assert np.all(np.diag(m) == 50.0) and np.all(np.diag(se) == 0)
+    assert np.allclose(m + m.T, 100.0, atol=0.011)  # within rounding to 2 decimals
+    off = ~np.eye(4, dtype=bool)
+    assert np.all(np.isfinite(se[off]) & (se[off] >= 0)) and np.allclose(se, se.T)
+
+
+def test_adding_a_run_plans_only_its_generations_and_its_row_and_column(workdir):
+    before = eval_plan(workdir)
+    edit_config(workdir, lambda c: c["runs"].update(ipo={"algorithm": "ipo", "eta": 4.0}))
+    try:
+        after = eval_plan(workdir)
+        jobs = dry_run(workdir)
+        generated = {w["generation"] for rule, w in jobs if rule == "eval_generate"}
+        compared = {w["comparison"] for rule, w in jobs if rule == "eval_compare"}
+        ipo = after.checkpoint("ipo").generation
+        assert generated == {ipo}
+        assert compared == {after.comparison_between(ipo, c.generation) for c in before.checkpoints}
+        assert all(ipo in after.comparisons[c] for c in compared)
+        trained = [w for rule, w in jobs if rule == "train"]
+        assert len(trained) == 1 and trained[0]["split"] == "all"  # ipo reuses dpo's data
+    finally:
+        edit_config(workdir, lambda c: c["runs"].pop("ipo"))
+    assert dry_run(workdir) == []
+
+
+def test_changing_only_the_eval_judge_regenerates_and_retrains_nothing(workdir):
+    matrix = [[0.5, 0.3, 0.7], [0.7, 0.5, 0.3], [0.3, 0.7, 0.5]]
+    edit_config(workdir, lambda c: c["evaluation"].update(judge={"type": "synthetic", "matrix": matrix}))
+    try:
+        jobs = dry_run(workdir)
+        rules = [rule for rule, _ in jobs]
+        assert set(rules) == {"eval_compare", "win_rate_matrix", "eval_curves", "eval_summary", "all"}
+        assert rules.count("eval_compare") == len(eval_plan(workdir).comparisons)
+    finally:
+        edit_config(workdir, lambda c: c["evaluation"].pop("judge"))
+    assert dry_run(workdir) == []
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["evaluation"]["checkpoints"].update(ghost={"run": "linepo", "round": 1}),
+         "config key evaluation.checkpoints.ghost.run: no run 'linepo' produces this checkpoint"),
+        (lambda c: c["evaluation"].update(judge={"type": "synthetic", "matrix": [[0.5, 1.2, 0.8], [-0.2, 0.5, 0.1],
+                                                                                  [0.2, 0.9, 0.5]]}),
+         "config key evaluation.judge"),
+    ],
+)
+def test_bad_evaluation_config_fails_before_any_job_in_one_line(workdir, edit, message):
+    edit_config(workdir, edit)
+    try:
+        result = snakemake(workdir, "-n")
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if "config key" in line]
+        assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+        assert "rule " not in result.stdout
+    finally:
+        edit_config(workdir, lambda c: c.update(evaluation=TINY["evaluation"]))
+    assert dry_run(workdir) == []
+
+
+def test_an_eval_prompt_file_without_instructions_fails_before_generating_or_judging(workdir, tmp_path):
+    bad = tmp_path / "alpaca_eval.json"
+    bad.write_text(json.dumps([{"question": "What is 2+2?", "dataset": "x"}]))
+    edit_config(workdir, lambda c: c["eval_prompts"].update(source=str(bad)))
+    try:
+        config = validate_config(yaml.safe_load((workdir / "config.yaml").read_text()))
+        prompts_id = build_plan(config).eval_prompts
+        before = sorted((workdir / "results/eval").rglob("*"))
+        result = snakemake(workdir, "--cores", "1")
+        assert result.returncode != 0
+        message = (workdir / f"logs/prompts/eval-{prompts_id}.log").read_text().strip()
+        assert not (workdir / f"results/prompts/eval-{prompts_id}.parquet").exists()
+        assert "\n" not in message and "instruction" in message and str(bad) in message
+        assert sorted((workdir / "results/eval").rglob("*")) == before  # nothing generated or judged
+        assert "rule eval_generate" not in result.stdout and "rule eval_compare" not in result.stdout
+    finally:
+        edit_config(workdir, lambda c: c["eval_prompts"].update(source="embedded"))
+    assert dry_run(workdir) == []
+
+
+# ----------------------------------------------------------------------------- the HTML report
+
+# Appended to a copy of the report: once the page has loaded, decode every PNG result, then
+# show the heatmap the way the report's own menu does (app.setView), and write what loaded
+# into the DOM for --dump-dom to read. No DevTools protocol involved.
+CHECK_SCRIPT = """
+<script>
+window.addEventListener("load", function () {
+  var shown = %s;
+  var paths = Object.keys(results).filter(function (p) { return results[p].data_uri.indexOf("data:image/png") === 0; });
+  var out = [], pending = paths.length;
+  function record() {
+    if (--pending > 0) return;
+    if (shown) app.setView({content: "img", contentPath: results[shown].data_uri});
+    setTimeout(function () {
+      var img = document.querySelector("#app img[src^='data:image/png']");
+      out.push("SHOWN " + (img && img.complete ? img.naturalWidth + "x" + img.naturalHeight : "none"));
+      var pre = document.createElement("pre");
+      pre.id = "linepo-image-check";
+      pre.textContent = out.sort().join("\\n");
+      document.body.appendChild(pre);
+    }, 500);
+  }
+  paths.forEach(function (p) {
+    var img = new Image();
+    img.onload = function () { out.push(p + " " + img.naturalWidth + "x" + img.naturalHeight); record(); };
+    img.onerror = function () { out.push(p + " error"); record(); };
+    img.src = results[p].data_uri;
+  });
+});
+</script>
+"""
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def with_check(report: Path, out: Path, shown: str | None) -> Path:
+    html = report.read_text()
+    end = html.rindex("</body>")  # the last one: the page's scripts contain the string too
+    out.write_text(html[:end] + CHECK_SCRIPT % json.dumps(shown) + html[end:])
+    return out
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def test_the_report_builds_and_its_figures_load_in_headless_chromium(workdir, tmp_path):
+    result = snakemake(workdir, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = workdir / "report.html"
+    html = report.read_text()
+    for name in ("win_rates.png", "curves.png", "evaluation.tsv", "Training dynamics", "Row-vs-column win rate"):
+        assert name in html
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium: apt-get install -y --no-install-recommends chromium")
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+            "--window-size=1400,1000"]
+    checked = with_check(report, tmp_path / "checked.html", "results/summary/win_rates.png")
+    dom = subprocess.run(args + ["--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    found = re.search(r'<pre id="linepo-image-check">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    lines = found.group(1).splitlines()
+    heatmap = workdir / "results/summary/win_rates.png"
+    curves = workdir / "results/summary/curves.png"
+    assert "results/summary/win_rates.png {}x{}".format(*png_size(heatmap)) in lines
+    assert "results/summary/curves.png {}x{}".format(*png_size(curves)) in lines
+    assert "SHOWN {}x{}".format(*png_size(heatmap)) in lines  # displayed by the report's own viewer
+
+    # Screenshots of the page with the heatmap displayed and of its start page.
+    import matplotlib.image as mpimg
+
+    shots = {}
+    for name, shown in (("figure", "results/summary/win_rates.png"), ("start", None)):
+        page = with_check(report, tmp_path / f"{name}.html", shown)
+        shot = tmp_path / f"{name}.png"
+        run = subprocess.run(args + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+        shots[name] = mpimg.imread(shot)[..., :3]
+    figure = mpimg.imread(heatmap)[..., :3]
+    changed = np.any(np.abs(shots["figure"] - shots["start"]) > 0.02, axis=-1).sum()
+    assert changed > 0.3 * figure.shape[0] * figure.shape[1]  # the heatmap is on screen
+
+
+# ----------------------------------------------------------------------------- the paper's config
+
+
+def test_the_paper_config_plans_its_evaluation_quickly_and_offline(tmp_path):
+    """configs/paper.yaml: 7 Table 2 checkpoints on AlpacaEval; Figure 3 over the 18 steps."""
+    workdir = copy_workflow(tmp_path)
+    start = time.perf_counter()
+    result = snakemake(workdir, "-n", "--configfile", "configs/paper.yaml", "--replace-workflow-config")
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    rules = [rule for rule, _ in planned_jobs(result.stdout)]
+    # Generations: SFT, dpo, ipo, 18 iter_ipo, 18 inpo (INPO-R2 among them), 6 linepo after the shared rounds.
+    assert rules.count("eval_generate") == 1 + 2 + 18 + 18 + 6
+    # Comparisons: the 7 × 6 / 2 matrix, plus every other curve step against SFT.
+    assert rules.count("eval_compare") == 21 + (18 + 18 + 6) - 4
+    assert rules.count("alpaca_eval_export") == 7
+    assert {"win_rate_matrix", "eval_curves", "eval_summary"} <= set(rules)
+    assert rules.count("train") == 44  # evaluation adds no training
+    assert seconds < 30
+    assert not (workdir / "results").exists()  # planning wrote and downloaded nothing
