@@ -240,6 +240,26 @@ def exit_code(result: WorkerResult) -> int:
     return 2 if result.returncode == 2 else 1
 
 
+def run_shards(command: str, bounds: list[tuple[int, int]], devices: list[str | None], worker_args) -> int | None:
+    """Run ``linepo <command> *worker_args(k)`` for every shard k, each pinned to its devices.
+
+    Returns None when every worker succeeded; otherwise prints the first failure's one line
+    (``linepo <command>: error: shard k/N ...: reason``) and returns the exit code to give.
+    """
+    commands, envs, labels = [], [], []
+    for k, ((lo, hi), device) in enumerate(zip(bounds, devices)):
+        commands.append(linepo_command(command, *worker_args(k)))
+        envs.append(worker_env(device, len(bounds)))
+        labels.append(f"shard {k + 1}/{len(bounds)} prompts {lo}-{hi - 1}"
+                      + (f" cuda:{device}" if device is not None else ""))
+    failure = first_failure(run_workers(commands, envs, labels))
+    if failure is None:
+        return None
+    reason = failure.error or f"exited with code {failure.returncode}"
+    print(f"linepo {command}: error: {failure.label}: {reason}", file=sys.stderr)
+    return exit_code(failure)
+
+
 def last_json(lines: list[str]) -> dict:
     for line in reversed(lines):
         try:

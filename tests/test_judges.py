@@ -21,7 +21,6 @@ from linepo.judges import (
     OFFSETBIAS_USER_TEMPLATE,
     Judge,
     JudgeError,
-    SyntheticJudge,
     comparison_uniform,
     make_judge,
 )

@@ -2,7 +2,6 @@
 
 import copy
 
-import pytest
 import yaml
 
 from linepo.config import validate_config

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_utils import REPO, copy_workflow, planned_jobs
+from workflow_utils import REPO, copy_workflow, planned_jobs, tiny_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -37,19 +37,11 @@ COMPUTE_RULES = {"sft_embedded", "sample", "judge", "pairs", "score", "train", "
 
 # The embedded default, tiny: one INPO round over 2 splits. Training asks for one GPU, so
 # the train jobs go through SLURM's GPU scheduling (the profile's gpu_model and cpus_per_gpu).
-TINY = {
-    "synthetic": {"settings": {}},
-    "policy": {"sft": "embedded", "embedded": {"steps": 40, "seed": 0}},
-    "prompts": {"source": "embedded", "max_prompts": 24, "num_splits": 2, "seed": 0},
-    "eval_prompts": {"source": "embedded", "max_prompts": 16},
-    "sampling": {"n": 3, "max_new_tokens": 12, "batch_size": 32, "temperature": 1.0},
-    "judge": {"type": "synthetic"},
-    "preferences": {"selection": "all_pairs"},
-    "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5.0e-4, "save_steps": 1},
+TINY = tiny_config(**{
     "resources": {"train": {"gpu": 1}},
     "evaluation": {"curves": False},  # one SLURM job fewer; the final policies are still evaluated
     "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 1}},
-}
+})
 
 
 def why_no_slurm() -> str | None:

@@ -15,21 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_utils import copy_workflow, edit_config, planned_jobs, snakemake
+from workflow_utils import copy_workflow, edit_config, planned_jobs, snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "synthetic": {"settings": {}},
-    "policy": {"sft": "embedded", "embedded": {"steps": 40, "seed": 0}},
-    "prompts": {"source": "embedded", "max_prompts": 24, "num_splits": 2, "seed": 0},
-    "eval_prompts": {"source": "embedded", "max_prompts": 16},
-    "sampling": {"n": 3, "max_new_tokens": 12, "batch_size": 32, "temperature": 1.0},
-    "judge": {"type": "synthetic"},
-    "preferences": {"selection": "all_pairs"},
-    "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5.0e-4, "save_steps": 1},
+TINY = tiny_config(**{
     "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 2}},
-}
+})
 DATA_RULES = {"sample", "judge", "pairs", "score", "train"}
 
 

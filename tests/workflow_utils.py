@@ -12,6 +12,23 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "rules", "profiles", "config.yaml", "configs", "report"]
 
+#: The embedded default shrunk to seconds per job: the base config of the workflow tests.
+TINY_BASE = {
+    "synthetic": {"settings": {}},
+    "policy": {"sft": "embedded", "embedded": {"steps": 40, "seed": 0}},
+    "prompts": {"source": "embedded", "max_prompts": 24, "num_splits": 2, "seed": 0},
+    "eval_prompts": {"source": "embedded", "max_prompts": 16},
+    "sampling": {"n": 3, "max_new_tokens": 12, "batch_size": 32, "temperature": 1.0},
+    "judge": {"type": "synthetic"},
+    "preferences": {"selection": "all_pairs"},
+    "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5.0e-4, "save_steps": 1},
+}
+
+
+def tiny_config(**sections) -> dict:
+    """A deep copy of :data:`TINY_BASE` with whole top-level ``sections`` replaced or added."""
+    return {**yaml.safe_load(yaml.safe_dump(TINY_BASE)), **sections}
+
 
 def copy_workflow(destination: Path) -> Path:
     """Copy the workflow files (not results) into ``destination``; returns it."""

@@ -78,8 +78,7 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
     """
     import time
 
-    from linepo.parallel import (device_groups, exit_code, first_failure, linepo_command, run_workers,
-                                 shard_bounds, shard_folder, worker_env)
+    from linepo.parallel import device_groups, run_shards, shard_bounds, shard_folder
     from linepo.preferences import group_samples
     from linepo.schemas import read_metadata, read_table, write_table
 
@@ -98,26 +97,19 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
     prompt_ids = table.column("prompt_id").to_pylist()
     start = time.perf_counter()
     with shard_folder(args.out) as folder:
-        commands, envs, labels = [], [], []
-        for k, ((lo, hi), device) in enumerate(zip(bounds, devices)):
+        for k, (lo, hi) in enumerate(bounds):
             rows = [i for i, pid in enumerate(prompt_ids) if lo <= position[pid] < hi]
             write_table(table.take(rows).to_pylist(), folder / f"samples-{k}.parquet", "samples")
-            command = ["judge", "--samples", str(folder / f"samples-{k}.parquet"),
-                       "--out", str(folder / f"judgments-{k}.parquet"), "--no-progress"]
-            if config is not None:
-                command += ["--judge-config", json.dumps(config)]
-            if args.seed is not None:
-                command += ["--seed", str(args.seed)]
-            commands.append(linepo_command(*command))
-            envs.append(worker_env(device, len(bounds)))
-            labels.append(f"shard {k + 1}/{len(bounds)} prompts {lo}-{hi - 1}"
-                          + (f" cuda:{device}" if device is not None else ""))
-        results = run_workers(commands, envs, labels)
-        failure = first_failure(results)
-        if failure is not None:
-            reason = failure.error or f"exited with code {failure.returncode}"
-            print(f"linepo judge: error: {failure.label}: {reason}", file=sys.stderr)
-            return exit_code(failure)
+
+        def worker_args(k):
+            extra = ["--judge-config", json.dumps(config)] if config is not None else []
+            extra += ["--seed", str(args.seed)] if args.seed is not None else []
+            return ["--samples", str(folder / f"samples-{k}.parquet"),
+                    "--out", str(folder / f"judgments-{k}.parquet"), "--no-progress", *extra]
+
+        failed = run_shards("judge", bounds, devices, worker_args)
+        if failed is not None:
+            return failed
         merged: dict[str, list] = {}
         counts: dict[str, int] = {}
         metadata = None

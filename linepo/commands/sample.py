@@ -102,8 +102,7 @@ def run_sharded(args, table, settings) -> int:
     from pathlib import Path
 
     from linepo.models import resolve_policy
-    from linepo.parallel import (device_groups, exit_code, first_failure, linepo_command, run_workers,
-                                 shard_bounds, shard_folder, worker_env)
+    from linepo.parallel import device_groups, run_shards, shard_bounds, shard_folder
     from linepo.sampling import check_prompts
     from linepo.schemas import read_table, write_table
 
@@ -115,21 +114,13 @@ def run_sharded(args, table, settings) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     with shard_folder(out) as folder:
-        commands, envs, labels = [], [], []
-        for k, ((lo, hi), device) in enumerate(zip(bounds, devices)):
+        for k, (lo, hi) in enumerate(bounds):
             write_table(table.slice(lo, hi - lo).to_pylist(), folder / f"prompts-{k}.parquet", "prompts")
-            commands.append(linepo_command("sample", "--policy", str(args.policy), "--prompts",
-                                           str(folder / f"prompts-{k}.parquet"), "--out",
-                                           str(folder / f"samples-{k}.parquet"), *worker_flags(args)))
-            envs.append(worker_env(device, len(bounds)))
-            labels.append(f"shard {k + 1}/{len(bounds)} prompts {lo}-{hi - 1}"
-                          + (f" cuda:{device}" if device is not None else ""))
-        results = run_workers(commands, envs, labels)
-        failure = first_failure(results)
-        if failure is not None:
-            reason = failure.error or f"exited with code {failure.returncode}"
-            print(f"linepo sample: error: {failure.label}: {reason}", file=sys.stderr)
-            return exit_code(failure)
+        failed = run_shards("sample", bounds, devices, lambda k: [
+            "--policy", str(args.policy), "--prompts", str(folder / f"prompts-{k}.parquet"),
+            "--out", str(folder / f"samples-{k}.parquet"), *worker_flags(args)])
+        if failed is not None:
+            return failed
         rows = []
         for k in range(len(bounds)):
             rows.extend(read_table(folder / f"samples-{k}.parquet", "samples").to_pylist())
