@@ -103,8 +103,9 @@ def _check_judge(section: dict) -> None:
     """The synthetic oracle is cheap to build: build it now so a bad matrix fails before planning."""
     if section.get("type") == "synthetic":
         from linepo.judges import make_judge
+        from linepo.parallel import recipe_view  # data_parallel: how many workers judge, not what a judge is
 
-        make_judge(section, source="config key judge")
+        make_judge(recipe_view(section), source="config key judge")
 
 
 def _check_evaluation(config: dict) -> None:

@@ -112,7 +112,7 @@ def resolve_evaluation(config: dict) -> dict:
     elif section["judge"].get("type") == "synthetic":
         from linepo.judges import make_judge  # numpy only: a bad matrix fails before planning
 
-        make_judge(section["judge"], source="config key evaluation.judge")
+        make_judge(recipe_view(section["judge"]), source="config key evaluation.judge")
     runs = config["runs"]
     for name, spec in section["checkpoints"].items():
         key = f"config key evaluation.checkpoints.{name}"

@@ -231,8 +231,7 @@ class _Config:
 
     def __init__(self, config: dict, source: str, allowed: set[str]):
         self.config, self.source = config, source
-        # data_parallel says how many workers judge (linepo.parallel), not what a judge is
-        unknown = sorted(set(config) - allowed - {"type", "seed", "data_parallel"})
+        unknown = sorted(set(config) - allowed - {"type", "seed"})
         if unknown:
             raise self.error(unknown[0], f"unknown key for a {config.get('type')} judge; known: {sorted(allowed)}")
 

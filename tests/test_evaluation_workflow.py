@@ -21,7 +21,7 @@ import yaml
 from linepo.config import validate_config
 from linepo.evalplan import build_eval_plan
 from linepo.plan import build_plan
-from workflow_utils import copy_workflow, edit_config, planned_jobs, snakemake, tiny_config
+from workflow_utils import copy_workflow, dry_run, edit_config, planned_jobs, snakemake, tiny_config, workflow_with_config
 
 pytestmark = pytest.mark.slow
 
@@ -41,16 +41,9 @@ def eval_plan(workdir: Path):
     return build_eval_plan(config, build_plan(config))
 
 
-def dry_run(workdir) -> list[tuple[str, dict]]:
-    result = snakemake(workdir, "-n")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return planned_jobs(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    directory = copy_workflow(tmp_path_factory.mktemp("evaluation"))
-    (directory / "config.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    directory = workflow_with_config(tmp_path_factory.mktemp("evaluation"), TINY)
     result = snakemake(directory, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return directory

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_utils import copy_workflow, edit_config, planned_jobs, snakemake, tiny_config
+from workflow_utils import dry_run, edit_config, snakemake, tiny_config, workflow_with_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,7 @@ DATA_RULES = {"sample", "judge", "pairs", "score", "train"}
 
 
 def tiny_workflow(directory: Path, **overrides) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    copy_workflow(directory)
-    config = yaml.safe_load(yaml.safe_dump(TINY))
-    config.update(overrides)
-    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return directory
-
-
-def dry_run(workdir) -> list[tuple[str, dict]]:
-    result = snakemake(workdir, "-n")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return planned_jobs(result.stdout)
+    return workflow_with_config(directory, {**yaml.safe_load(yaml.safe_dump(TINY)), **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -41,8 +41,23 @@ def copy_workflow(destination: Path) -> Path:
     return destination
 
 
+def workflow_with_config(directory: Path, config: dict) -> Path:
+    """A copy of the workflow in ``directory`` (created if needed) whose config.yaml is ``config``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    copy_workflow(directory)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
 def snakemake(workdir: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def dry_run(workdir: Path) -> list[tuple[str, dict]]:
+    """The jobs ``snakemake -n`` plans in ``workdir`` (it must succeed)."""
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return planned_jobs(result.stdout)
 
 
 def planned_jobs(output: str) -> list[tuple[str, dict]]:
