@@ -15,15 +15,14 @@ rule exploitability:
         "results/eval/exploitability/{policy}.json",
     params:
         policy=lambda wc: PLAN.policy_dir(wc.policy),
-        judge=json.dumps(config["judge"], sort_keys=True),
+        judge=json.dumps(recipe_view(config["judge"]), sort_keys=True),
         runtime=f"--dtype {POLICY['dtype']} {REMOTE_CODE}",
     log:
         "logs/eval/exploitability/{policy}.log",
     wildcard_constraints:
         policy=ID,
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **RESOURCES["evaluate"],
     shell:
         "linepo exploitability --policy {params.policy:q} --prompts {input.prompts} "
         "--judge-config {params.judge:q} {params.runtime} --out {output} > {log} 2>&1"
@@ -60,9 +59,8 @@ EVAL = build_eval_plan(config, PLAN)
 EVAL_CFG = config["evaluation"]
 EVALUATING = EVAL_CFG["enabled"] and bool(PLAN.runs)
 EVAL_CHECKPOINTS = "|".join(c.name for c in EVAL.checkpoints) or "sft"
-EVAL_RESOURCES = RESOURCES["evaluate"] if "evaluate" in globals().get("RESOURCES", {}) else {"mem_mb": 4000, "runtime": 30}
-COMPARE_RESOURCES = (RESOURCES["judge"] if EVAL.judge["type"] != "synthetic" and "judge" in globals().get("RESOURCES", {})
-                     else {"mem_mb": 2000, "runtime": 30})
+# A model judge needs the judge's GPUs; the synthetic oracle is numpy only.
+COMPARE_RESOURCES = RESOURCES["judge"] if EVAL.judge["type"] != "synthetic" else {"mem_mb": 2000, "runtime": 30}
 
 
 def eval_spec(**values):
@@ -85,7 +83,7 @@ rule eval_generate:
         generation=ID,
     threads: 1
     resources:
-        **EVAL_RESOURCES,
+        **RESOURCES["evaluate"],
     shell:
         "linepo sample --policy {params.policy:q} --prompts {input.prompts} --out {output} "
         "--n {params.decoding[n]} --temperature {params.decoding[temperature]} --top-p {params.decoding[top_p]} "
