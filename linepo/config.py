@@ -61,6 +61,7 @@ def validate_config(config: dict) -> dict:
     _check_judge(config["judge"])
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run)
+    _check_validation(config)
     _check_evaluation(config)
     _check_resources(config)
     _check_execution(config)
@@ -91,12 +92,20 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _check_policy(section: dict) -> None:
-    sft = section["sft"]
-    if sft != "embedded" and _looks_like_path(sft):
-        from pathlib import Path
+    from pathlib import Path
 
+    sft = section["sft"]
+    if sft == "build" and not section["build"].get("base"):
+        raise InputError("config key policy.build.base: required for sft: build (the model to fine-tune)")
+    if sft != "embedded" and _looks_like_path(sft):
         if not (Path(sft).expanduser() / "config.json").exists():
             raise InputError(f"config key policy.sft: {sft}: no model folder (config.json) there")
+    tokenizer = section.get("tokenizer")
+    if tokenizer is not None:
+        if sft == "embedded":
+            raise InputError("config key policy.tokenizer: the embedded policy builds its own tokenizer")
+        if _looks_like_path(tokenizer) and not Path(tokenizer).expanduser().is_dir():
+            raise InputError(f"config key policy.tokenizer: {tokenizer}: no such folder")
 
 
 def _check_judge(section: dict) -> None:
@@ -106,6 +115,18 @@ def _check_judge(section: dict) -> None:
         from linepo.parallel import recipe_view  # data_parallel: how many workers judge, not what a judge is
 
         make_judge(recipe_view(section), source="config key judge")
+
+
+def _check_validation(config: dict) -> None:
+    """Held-out pairs must be held out: not the training prompts themselves."""
+    section = config["validation"]
+    if not section["enabled"]:
+        return
+    held_out, train = section["prompts"], config["prompts"]
+    same_split = (held_out.get("split") or "train") == (train.get("split") or "train")
+    if held_out["source"] == train["source"] and same_split and held_out.get("name") == train.get("name"):
+        raise InputError("config key validation.prompts: the same source and split as prompts; "
+                         "validation needs held-out prompts (another split or file)")
 
 
 def _check_evaluation(config: dict) -> None:
@@ -130,7 +151,7 @@ def _check_run(key: str, run: dict) -> None:
         if late:
             raise InputError(f"config key {key}.reference_moves: round {late[0]} is beyond the last round ({rounds})")
     for round_key in run["round_overrides"]:
-        if int(round_key) > rounds:
+        if int(round_key.rstrip("+")) > rounds:
             raise InputError(f"config key {key}.round_overrides.{round_key}: beyond the last round ({rounds})")
 
 

@@ -4,7 +4,11 @@ generations and pairwise comparisons (paper Table 2 and Figure 3).
 Ids are hashes of recipes, like :mod:`linepo.plan`'s:
 
 - a *generation* (a checkpoint answering the eval prompts) is keyed by (policy id, eval
-  prompts id, decoding settings, runtime): a changed judge never regenerates;
+  prompts id, decoding settings, runtime): a changed judge never regenerates. Its sampling
+  seed is derived from that id (:meth:`EvalPlan.generation_seed`), not ``decoding.seed``
+  itself: sample k of two checkpoints is judged against sample k, and a shared seed would
+  give them the same Gumbel noise, coupling their tokens (the pair's law would not be the
+  product of the two policies', so a win rate would not estimate p_Aᵀ M p_B);
 - a *comparison* (every prompt's two outputs judged in both orders) is keyed by the
   unordered pair of generation ids and the eval judge: adding a checkpoint adds only its
   row and column, and changing only the eval judge re-judges without regenerating.
@@ -71,6 +75,15 @@ class EvalPlan:
     @staticmethod
     def generation_path(generation_id: str) -> str:
         return f"results/eval/generations/{generation_id}.parquet"
+
+    @staticmethod
+    def generation_seed(generation_id: str) -> int:
+        """The sampling seed of one generation: its 48-bit id as an integer.
+
+        Distinct generations get distinct seeds (the map is one-to-one), so two checkpoints'
+        samples are independent; the id hashes ``decoding.seed``, which still reseeds all.
+        """
+        return int(generation_id, 16)
 
     @staticmethod
     def comparison_path(comparison_id: str) -> str:

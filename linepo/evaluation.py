@@ -3,12 +3,17 @@ errors, Figure 3's curves, the summary table and the AlpacaEval export (paper §
 
 A *comparison* judges every prompt's two outputs (sample i of A against sample i of B) in
 both orders, so a judge's position bias cancels: P(A ≻ B) = ½ (P(A ≻ B | A shown first) +
-1 − P(B ≻ A | B shown first)). A win rate is the mean over prompts of that probability
-(ties count ½: the synthetic oracle gives ½ within a category, an LM judge ½ to identical
-outputs); its standard error is the std of the mean over bootstrap resamples of prompts.
+1 − P(B ≻ A | B shown first)). The (soft) win rate is the mean over prompts of that
+probability (ties count ½: the synthetic oracle gives ½ within a category, an LM judge ½ to
+identical outputs); its standard error is the std of the mean over bootstrap resamples of
+prompts. The *hard* win rate scores each row 1, 0 or ½ as P(A ≻ B) is above, below or
+exactly ½ (the paper's public code reports both; Table 2 does not say which), averaged the
+same way. Sample i of A and of B must be drawn independently (each generation has its own
+seed, :meth:`linepo.evalplan.EvalPlan.generation_seed`): shared sampling noise couples them
+and biases both rates.
 
     linepo compare --a a.parquet --b b.parquet --judge-config '{"type": "synthetic"}' --out ab.parquet
-    linepo win-rates --spec '{...}' --csv M.csv --se-csv SE.csv --figure M.png
+    linepo win-rates --spec '{...}' --csv M.csv --se-csv SE.csv --hard-csv H.csv --figure M.png
     linepo alpaca-export --generations g.parquet --prompts eval.parquet --generator LINE-PO --out model_outputs.json
 
 Numpy and pyarrow only: torch is imported only when an LM judge is built.
@@ -113,13 +118,19 @@ def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--j
 # ----------------------------------------------------------------------------- win rates
 
 
-def per_prompt(table) -> dict[str, float]:
-    """Mean P(a ≻ b) per prompt over its non-failed samples (prompts with none are dropped)."""
+def hard_score(p: float) -> float:
+    """1, 0 or ½ as P(a ≻ b) is above, below or exactly ½: deterministic, so reruns agree."""
+    return 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5
+
+
+def per_prompt(table, *, hard: bool = False) -> dict[str, float]:
+    """Mean P(a ≻ b) (``hard``: mean :func:`hard_score`) per prompt over its non-failed
+    samples (prompts with none are dropped)."""
     sums, counts = defaultdict(float), defaultdict(int)
     columns = table.to_pydict() if hasattr(table, "to_pydict") else table
     for pid, p, failed in zip(columns["prompt_id"], columns["prob_a_wins"], columns["failed"]):
         if not failed and p is not None:
-            sums[pid] += p
+            sums[pid] += hard_score(p) if hard else p
             counts[pid] += 1
     return {pid: sums[pid] / counts[pid] for pid in sums}
 
@@ -139,14 +150,19 @@ def bootstrap_se(values, resamples: int, seed: int) -> float:
 
 
 def win_rate(table, *, a_is_row: bool, resamples: int, seed: int) -> dict:
-    """Row's win rate against column from one comparison table: mean, SE, prompt and failure counts."""
-    values = per_prompt(table)
-    p = np.array([values[k] for k in sorted(values)])
-    if not a_is_row:
-        p = 1.0 - p
+    """Row's win rate against column from one comparison table: soft and hard mean and SE
+    (the same prompt resamples for both), prompt and failure counts."""
+    out = {}
+    for hard, prefix in ((False, ""), (True, "hard_")):
+        values = per_prompt(table, hard=hard)
+        p = np.array([values[k] for k in sorted(values)])
+        if not a_is_row:
+            p = 1.0 - p
+        out[prefix + "win_rate"] = float(p.mean()) if p.size else float("nan")
+        out[prefix + "se"] = bootstrap_se(p, resamples, seed)
     failed = int(sum(table.column("failed").to_pylist())) if hasattr(table, "column") else 0
-    return {"win_rate": float(p.mean()) if p.size else float("nan"),
-            "se": bootstrap_se(p, resamples, seed), "prompts": int(p.size), "failed": failed}
+    return {"win_rate": out["win_rate"], "se": out["se"], "hard_win_rate": out["hard_win_rate"],
+            "hard_se": out["hard_se"], "prompts": int(p.size), "failed": failed}
 
 
 def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: int = 1000, seed: int = 0):
@@ -158,7 +174,8 @@ def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: in
 
     Returns:
         ``(labels, M, SE, pairs)``: M[i][j] = P(row i ≻ column j) (diagonal ½, SE 0),
-        M + Mᵀ = 1 exactly, and one dict per ordered pair with counts.
+        M + Mᵀ = 1 exactly, and one dict per ordered pair with counts and the hard win
+        rate and its SE (:func:`pair_matrix` makes their matrices).
 
     Raises:
         InputError: a pair of checkpoints has no comparison.
@@ -174,7 +191,8 @@ def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: in
             if i == j or row["generation"] == col["generation"]:
                 if i != j:
                     pairs.append({"row": row["label"], "column": col["label"], "win_rate": 0.5, "se": 0.0,
-                                  "prompts": 0, "failed": 0, "comparison": ""})
+                                  "hard_win_rate": 0.5, "hard_se": 0.0, "prompts": 0, "failed": 0,
+                                  "comparison": ""})
                 continue
             a, b = sorted((row["generation"], col["generation"]))
             if (a, b) not in by_pair:
@@ -184,6 +202,16 @@ def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: in
             m[i, j], se[i, j] = result["win_rate"], result["se"]
             pairs.append({"row": row["label"], "column": col["label"], **result, "comparison": cid})
     return [c["label"] for c in checkpoints], m, se, pairs
+
+
+def pair_matrix(labels, pairs, key: str) -> np.ndarray:
+    """The matrix of one column of :func:`win_rate_matrix`'s pairs (e.g. ``hard_win_rate``);
+    the diagonal is ½ for a rate and 0 for an SE."""
+    index = {label: i for i, label in enumerate(labels)}
+    m = np.full((len(labels), len(labels)), 0.0 if key.endswith("se") else 0.5)
+    for pair in pairs:
+        m[index[pair["row"]], index[pair["column"]]] = pair[key]
+    return m
 
 
 def matrix_csv(labels, m, *, avg: bool = True) -> str:
@@ -248,19 +276,25 @@ def curve_rows(runs: dict, generations: dict, comparisons: dict, *, resamples: i
     return rows
 
 
-def summary_rows(labels, m, checkpoints, lengths: dict, exploitability: dict) -> list[dict]:
-    """Per checkpoint: average and worst win rate (robust alignment: ≥ 50% against all), length,
-    and, with the synthetic oracle, exploitability and category distribution."""
+def summary_rows(labels, m, checkpoints, lengths: dict, exploitability: dict, hard=None) -> list[dict]:
+    """Per checkpoint: average and worst win rate (robust alignment: ≥ 50% against all), the
+    same two of the hard matrix ``hard`` when given (its worst may be against another
+    checkpoint), length, and, with the synthetic oracle, exploitability and category mix."""
     rows = []
     for i, (label, cp) in enumerate(zip(labels, checkpoints)):
         others = [j for j in range(len(labels)) if j != i]
         worst = min(others, key=lambda j: m[i, j]) if others else None
         report = exploitability.get(cp["name"])
+        hard_rates = {}
+        if hard is not None:
+            hard_rates = {"avg_hard_win_rate": float(np.mean(hard[i])),
+                          "worst_hard_win_rate": float(min(hard[i, j] for j in others)) if others else float("nan")}
         rows.append({
             "checkpoint": cp["name"], "label": label,
             "avg_win_rate": float(np.mean(m[i])),
             "worst_win_rate": float(m[i, worst]) if worst is not None else float("nan"),
             "worst_against": labels[worst] if worst is not None else "",
+            **hard_rates,
             "avg_tokens": lengths[cp["generation"]],
             "exploitability": report["exploitability"] if report else None,
             "category_distribution": ", ".join(f"{k} {v:.3f}" for k, v in report["category_distribution"].items())

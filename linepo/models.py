@@ -144,6 +144,75 @@ def save_policy(model, tokenizer, path) -> Path:
     return path
 
 
+def import_policy(source, out, *, tokenizer=None, dtype: str = "auto", trust_remote_code: bool = False) -> dict:
+    """Copy a policy (a folder or a hub id) into ``out`` as safetensors, with its tokenizer.
+
+    ``tokenizer`` names another folder or hub id to take the tokenizer (and its chat template)
+    from: the paper's released SFT checkpoint is used with the base model's tokenizer
+    (yale-nlp/COMAL loads ``Qwen/Qwen2-1.5B``'s). The weights keep their dtype by default
+    ("auto"); training upcasts them to fp32 master weights anyway.
+
+    Returns:
+        facts about the imported policy: source, tokenizer, parameters, dtype, chat template
+        (present or not), its end-of-turn and stop tokens.
+
+    Raises:
+        InputError: the model or tokenizer cannot be found or loaded.
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model_source = resolve_policy(source)
+    tokenizer_source = resolve_tokenizer(tokenizer) if tokenizer else model_source
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{tokenizer_source}: cannot load a tokenizer ({_first_line(err)})") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_source, dtype="auto" if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{source}: cannot load the policy ({_first_line(err)})") from err
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if vocab < len(loaded_tokenizer):
+        raise InputError(f"{tokenizer_source}: the tokenizer has {len(loaded_tokenizer)} tokens but the model "
+                         f"{source} only {vocab} embeddings: not its tokenizer")
+    if len(loaded_tokenizer) < vocab // 2:
+        # transformers builds an (almost) empty tokenizer for a weights-only Qwen2 folder rather than fail
+        raise InputError(f"{tokenizer_source}: no usable tokenizer ({len(loaded_tokenizer)} tokens for a model with "
+                         f"{vocab} embeddings); name one with policy.tokenizer (import-policy --tokenizer)")
+    save_policy(model.eval(), loaded_tokenizer, out)
+    return {"source": str(source), "tokenizer": str(tokenizer_source),
+            "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(model.dtype).removeprefix("torch."),
+            "chat_template": bool(getattr(loaded_tokenizer, "chat_template", None)),
+            "end_of_turn": end_of_turn_token_ids(loaded_tokenizer),
+            "stop_tokens": stop_token_ids(loaded_tokenizer, model.generation_config)}
+
+
+def resolve_tokenizer(path_or_name) -> str:
+    """A tokenizer's local folder or hub id, checked like :func:`resolve_policy` (no config.json needed)."""
+    text = str(path_or_name)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return str(local)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
+        raise InputError(f"{text}: tokenizer folder not found")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not any(isinstance(try_to_load_from_cache(text, name), str)
+                   for name in ("tokenizer_config.json", "tokenizer.json")):
+            raise InputError(f"{text}: not a local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE=1)")
+    return text
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def format_prompt(tokenizer, prompt: str) -> str:
     """The text the model sees before its answer: chat template if any, else PLAIN_TEMPLATE."""
     if getattr(tokenizer, "chat_template", None):
@@ -161,6 +230,44 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """
     has_template = bool(getattr(tokenizer, "chat_template", None))
     return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
+
+
+def end_of_turn_token_ids(tokenizer) -> list[int]:
+    """The special token(s) the chat template closes an assistant turn with, or [] without a template.
+
+    Rendered, not guessed: an assistant turn around a marker, and the special token right after
+    it (Qwen2's ChatML: ``<|im_end|>``, Llama-3: ``<|eot_id|>``). That is often *not*
+    ``tokenizer.eos_token`` (the Qwen2 base tokenizer's is ``<|endoftext|>``), and a sampler
+    that stops only on EOS runs past the end of the turn.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    marker = "\ue000linepo-turn\ue000"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # a template that cannot render an assistant turn: nothing to learn from it
+        return []
+    if text.count(marker) != 1:
+        return []
+    after = text.split(marker, 1)[1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    added = {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items()
+             if getattr(token, "special", False)}
+    return [ids[0]] if ids and ids[0] in special | added else []
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every token that ends a response: the generation config's EOS ids, the tokenizer's EOS
+    and the chat template's end-of-turn token, in that order, without repeats."""
+    found: list[int] = []
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    for candidate in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id] \
+            + end_of_turn_token_ids(tokenizer):
+        if candidate is not None and int(candidate) not in found:
+            found.append(int(candidate))
+    return found
 
 
 def first_response_token_probs(model, tokenizer, prompts, batch_size: int = 64):

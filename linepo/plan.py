@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from linepo.parallel import recipe_view
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
-STAGE_VERSIONS = {"sft": 1, "prompts": 1, "sample": 1, "judge": 1, "score": 1, "train": 1,
-                  "eval_generate": 1, "eval_compare": 1}
+#: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
+#: stop token; score 2: score exactly that token; train 2: fp32 master weights whatever the
+#: policy dtype; eval_generate 2: each generation has its own random numbers.
+STAGE_VERSIONS = {"sft": 2, "prompts": 1, "sample": 2, "judge": 1, "score": 2, "train": 2,
+                  "eval_generate": 2, "eval_compare": 1}
 
 #: algorithm -> (loss, reference rule). Reference rules: "sft" (fixed at the SFT policy),
 #: "current" (the policy being updated: iterative IPO, SPPO), "moving" (LINE-PO).
@@ -39,6 +42,8 @@ ALGORITHMS = {
     "linepo": ("inpo", "moving"),
 }
 ONE_PASS = ("dpo", "ipo")  # one pass over all prompts against the SFT reference
+#: The split name of held-out validation data in node tables and paths (results/samples/r1/sval/...).
+VALIDATION_SPLIT = "val"
 
 
 def recipe_id(stage: str, recipe: dict) -> str:
@@ -56,6 +61,7 @@ class PolicyNode:
     reference: str | None = None
     scored: tuple = ()
     train: dict = field(default_factory=dict)  # loss, eta, eta_tau, training settings
+    validation: tuple = ()  # scored ids of held-out pairs for checkpoint selection; () when off
 
     @property
     def is_sft(self) -> bool:
@@ -109,7 +115,8 @@ class Plan:
     prompts: str
     num_splits: int
     eval_prompts: str = ""
-    external_sft: str | None = None  # a model folder or hub id given in the config
+    validation_prompts: str = ""  # "" when validation is off
+    external_sft: str | None = None  # a model folder or hub id given in the config (imported once)
     policies: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
     prefs: dict = field(default_factory=dict)
@@ -118,16 +125,15 @@ class Plan:
 
     # ---------------------------------------------------------------- paths
     def policy_dir(self, policy_id: str) -> str:
-        """Where a policy is: its folder here, or (external SFT) the configured path or hub id."""
+        """Where a policy's folder is: the SFT policy (built, or imported from the configured
+        folder or hub id) under results/sft/, trained ones under results/policies/."""
         node = self.policies[policy_id]
         if node.is_sft:
-            return self.external_sft or f"results/sft/{policy_id}/model"
+            return f"results/sft/{policy_id}/model"
         return f"results/policies/r{node.round}/s{node.split}/{policy_id}/model"
 
     def policy_inputs(self, policy_id: str) -> list[str]:
-        """The files a job needs for a policy: none for an external SFT (a hub id is no file)."""
-        if self.policies[policy_id].is_sft and self.external_sft:
-            return []
+        """The files a job needs for a policy: its folder."""
         return [self.policy_dir(policy_id)]
 
     def samples_path(self, sample_id: str) -> str:
@@ -143,10 +149,23 @@ class Plan:
         return f"results/scored/r{node.round}/s{node.split}/{scored_id}.parquet"
 
     def prompts_path(self, split: int | str) -> str:
+        """A training split's prompts, or (split "val") the validation prompts."""
+        if str(split) == VALIDATION_SPLIT:
+            return self.validation_prompts_path()
         return f"results/prompts/{self.prompts}/shard-{split}.parquet"
 
     def eval_prompts_path(self) -> str:
         return f"results/prompts/eval-{self.eval_prompts}.parquet"
+
+    def validation_prompts_path(self) -> str:
+        return f"results/prompts/val-{self.validation_prompts}.parquet"
+
+    def train_settings(self, policy_id: str) -> dict:
+        """What ``linepo train --config-json`` gets for a step: its loss, η (ητ), training
+        section and checkpoint-selection settings; nothing about how it runs (processes)."""
+        step = self.policies[policy_id].train
+        settings = {key: value for key, value in step.items() if key not in ("training", "validation")}
+        return {**settings, **recipe_view(step["training"]), **step.get("validation", {})}
 
     def final_policy(self, run: str) -> str:
         return self.runs[run][-1].policy
@@ -175,13 +194,24 @@ def build_plan(config: dict) -> Plan:
     sft_recipe = {"sft": policy_cfg["sft"], "dtype": policy_cfg["dtype"]}
     if policy_cfg["sft"] == "embedded":
         sft_recipe["embedded"] = policy_cfg["embedded"]
+    else:
+        if policy_cfg.get("tokenizer"):
+            sft_recipe["tokenizer"] = policy_cfg["tokenizer"]
+        if policy_cfg["sft"] == "build":
+            sft_recipe["build"] = policy_cfg["build"]
     sft_id = recipe_id("sft", sft_recipe)
     prompts_cfg = _section(config, "prompts")
     prompts_id = recipe_id("prompts", prompts_cfg)
+    validation_cfg = _section(config, "validation")
+    validating = bool(validation_cfg.get("enabled")) and bool(config.get("runs"))
     plan = Plan(sft=sft_id, prompts=prompts_id, num_splits=prompts_cfg["num_splits"],
                 eval_prompts=recipe_id("prompts", _section(config, "eval_prompts")),
-                external_sft=None if policy_cfg["sft"] == "embedded" else policy_cfg["sft"])
+                validation_prompts=recipe_id("prompts", validation_cfg["prompts"]) if validating else "",
+                external_sft=None if policy_cfg["sft"] in ("embedded", "build") else policy_cfg["sft"])
     plan.policies[sft_id] = PolicyNode(sft_id, 0, "sft")
+    # How the trainer evaluates and selects on the held-out pairs: part of a step's recipe.
+    selection = {"eval_steps": validation_cfg["eval_steps"], "select_best": validation_cfg["select_best"]} \
+        if validating else {}
 
     # Without their execution keys (data_parallel): how many workers run a step is not what it computes.
     sampling = recipe_view(_section(config, "sampling"))
@@ -189,9 +219,10 @@ def build_plan(config: dict) -> Plan:
     preferences = _section(config, "preferences")
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
 
-    def data_for(policy_id: str, round_: int, split: int) -> str:
-        """Sample → judge → pairs for a policy on a split; returns the prefs id."""
-        sample_id = recipe_id("sample", {"policy": policy_id, "prompts": prompts_id, "split": split,
+    def data_for(policy_id: str, round_: int, split: int | str) -> str:
+        """Sample → judge → pairs for a policy on a split (or "val"); returns the prefs id."""
+        source = plan.validation_prompts if split == VALIDATION_SPLIT else prompts_id
+        sample_id = recipe_id("sample", {"policy": policy_id, "prompts": source, "split": split,
                                          "sampling": sampling, **runtime})
         plan.samples.setdefault(sample_id, SampleNode(sample_id, round_, str(split), policy_id, sampling))
         pref_id = recipe_id("judge", {"sample": sample_id, "judge": judge, "preferences": preferences})
@@ -205,10 +236,18 @@ def build_plan(config: dict) -> Plan:
         return scored_id
 
     def train(parent: str, reference: str, scored_id: str, settings: dict, round_: int, split: str) -> str:
-        policy_id = recipe_id("train", {"parent": parent, "reference": reference, "scored": scored_id,
-                                        **settings, **runtime})
+        recipe = {"parent": parent, "reference": reference, "scored": scored_id, **settings, **runtime}
+        validation = ()
+        if validating:
+            # Held-out pairs sampled by the policy being updated (its own nodes, shared by every
+            # run that reaches this step), scored against this step's reference and anchor.
+            pref_id = data_for(parent, round_, VALIDATION_SPLIT)
+            validation = (scored_for([pref_id], reference, parent, round_, VALIDATION_SPLIT),)
+            settings = {**settings, "validation": selection}
+            recipe.update(validation=validation[0], selection=selection)
+        policy_id = recipe_id("train", recipe)
         plan.policies.setdefault(policy_id, PolicyNode(policy_id, round_, split, parent, reference,
-                                                       (scored_id,), settings))
+                                                       (scored_id,), settings, validation))
         return policy_id
 
     for run_name, run in config.get("runs", {}).items():
@@ -238,9 +277,25 @@ def build_plan(config: dict) -> Plan:
     return plan
 
 
+def round_override(run: dict, round_: int) -> dict:
+    """The overrides of one round: every ``"r+"`` entry with r ≤ round (in increasing r), then
+    the round's own ``"r"`` entry; later ones win key by key (``training`` merged)."""
+    entries = run.get("round_overrides", {})
+    ordered = sorted((int(key[:-1]), key) for key in entries if key.endswith("+") and int(key[:-1]) <= round_)
+    keys = [key for _, key in ordered] + ([str(round_)] if str(round_) in entries else [])
+    merged: dict = {}
+    for key in keys:
+        entry = entries[key]
+        training = {**merged.get("training", {}), **entry.get("training", {})}
+        merged.update(entry)
+        if training:
+            merged["training"] = training
+    return merged
+
+
 def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
     """Loss and training settings of one step: run values, then the round's overrides."""
-    override = run.get("round_overrides", {}).get(str(round_), {})
+    override = round_override(run, round_)
     training = recipe_view({**_section(config, "training"), **run.get("training", {}),
                             **override.get("training", {})})  # accelerate_config: how, not what
     settings = {"loss": loss, "eta": override.get("eta", run["eta"]), "training": training}

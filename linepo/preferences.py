@@ -25,7 +25,10 @@ which has the same loss minimiser and less variance (:mod:`linepo.losses`). The 
 selections always write hard labels. Failed comparisons are left out; a ranked pair whose
 chosen and rejected scores are equal, or any pair whose texts are identical, is dropped.
 Everything left out is counted in the returned stats. Among equal scores the lower
-``sample_index`` ranks first, so the selection is deterministic.
+``sample_index`` ranks first, so the selection is deterministic. The ranked selections rank
+*distinct* texts, as the paper's code does (a text sampled twice is one candidate, scored on
+its comparisons with other texts; counted as ``merged_duplicate_samples``), so a repeated
+best answer does not turn the pair into "best vs itself" and lose the prompt.
 """
 
 from __future__ import annotations
@@ -54,24 +57,28 @@ def group_samples(table, path: str | Path = "samples") -> dict[str, dict]:
     """Samples grouped by prompt, in order of first appearance.
 
     Returns ``{prompt_id: {"prompt": text, "responses": {sample_index: response},
-    "finished": {sample_index: bool}}}`` with each prompt's samples sorted by
-    ``sample_index``; ``finished`` is false for a sample cut at max_new_tokens.
+    "finished": {sample_index: bool}, "stop": {sample_index: stop token id or None}}}`` with
+    each prompt's samples sorted by ``sample_index``; ``finished`` is false for a sample cut
+    at max_new_tokens, ``stop`` the token that ended it (scoring appends exactly that one).
 
     Raises:
         InputError: a (prompt_id, sample_index) appears twice, or one prompt_id carries
             two different prompt texts; the message names ``path``.
     """
-    columns = table.select(["prompt_id", "prompt", "sample_index", "response", "finish_reason"]).to_pydict()
+    columns = table.select(["prompt_id", "prompt", "sample_index", "response", "finish_reason",
+                            "stop_token_id"]).to_pydict()
     groups: dict[str, dict] = {}
-    for pid, prompt, index, response, reason in zip(columns["prompt_id"], columns["prompt"], columns["sample_index"],
-                                                    columns["response"], columns["finish_reason"]):
-        group = groups.setdefault(pid, {"prompt": prompt, "responses": {}, "finished": {}})
+    for pid, prompt, index, response, reason, stop in zip(
+            columns["prompt_id"], columns["prompt"], columns["sample_index"], columns["response"],
+            columns["finish_reason"], columns["stop_token_id"]):
+        group = groups.setdefault(pid, {"prompt": prompt, "responses": {}, "finished": {}, "stop": {}})
         if group["prompt"] != prompt:
             raise InputError(f"{path}: prompt_id {pid!r} has two different prompt texts")
         if index in group["responses"]:
             raise InputError(f"{path}: sample ({pid!r}, {index}) appears twice")
         group["responses"][index] = response
         group["finished"][index] = reason != "length"
+        group["stop"][index] = stop if reason != "length" else None
     for group in groups.values():
         group["responses"] = dict(sorted(group["responses"].items()))
     return groups
@@ -218,37 +225,70 @@ def select_preferences(groups: dict[str, dict], judgments, *, selection: str = "
 
     rows = []
     stats = {"prompts": len(groups), "pairs": 0, "comparisons_used": used, "failed_comparisons": failed_total,
-             "dropped_too_few_scored": 0, "dropped_tied_scores": 0, "dropped_identical_texts": 0}
+             "dropped_too_few_scored": 0, "dropped_tied_scores": 0, "dropped_identical_texts": 0,
+             "merged_duplicate_samples": 0}
     if selection in LABELLED_SELECTIONS:
+        del stats["merged_duplicate_samples"]
         rows = _labelled_pairs(groups, columns, wins, counts, stats, first_only=selection == "random_pair",
                                use_outcomes=use_outcomes)
         stats["pairs"] = len(rows)
         log.info("preferences (%s, %s labels): %s", selection, "outcome" if use_outcomes else "probability", stats)
         return rows, stats
+    text_scores = _distinct_text_scores(groups, columns, value_column)
     for pid, group in groups.items():
-        scores = {i: wins[pid][i] / counts[pid][i] for i in group["responses"] if counts[pid][i] > 0}
+        # Rank distinct texts, as the paper's code does: a text sampled twice is one candidate
+        # (scored on all its comparisons with other texts), so a repeated best answer does not
+        # make the prompt's pair "best vs itself" and lose the prompt.
+        representative: dict[str, int] = {}
+        for i, text in group["responses"].items():
+            representative.setdefault(text, i)
+        stats["merged_duplicate_samples"] += len(group["responses"]) - len(representative)
+        if len(representative) < 2:
+            stats["dropped_identical_texts" if len(group["responses"]) > 1 else "dropped_too_few_scored"] += 1
+            continue
+        scores = {representative[t]: v for t, v in text_scores.get(pid, {}).items()}
         if len(scores) < 2:
             stats["dropped_too_few_scored"] += 1
             continue
         ranked = sorted(scores, key=lambda i: (-scores[i], i))
         chosen = ranked[0]
         rejected = ranked[-1] if selection == "best_vs_worst" else ranked[1]
-        chosen_text, rejected_text = group["responses"][chosen], group["responses"][rejected]
-        if chosen_text == rejected_text:
-            stats["dropped_identical_texts"] += 1
-            continue
         if scores[chosen] == scores[rejected]:
             stats["dropped_tied_scores"] += 1
             continue
-        rows.append({
-            "prompt_id": pid, "prompt": group["prompt"], "chosen": chosen_text, "rejected": rejected_text,
-            "chosen_index": chosen, "rejected_index": rejected,
-            "chosen_finished": group["finished"][chosen], "rejected_finished": group["finished"][rejected],
-            "chosen_win_rate": scores[chosen], "rejected_win_rate": scores[rejected], "label_probability": 1.0,
-        })
+        rows.append(_pair_row(pid, group, chosen, rejected, scores[chosen], scores[rejected], 1.0))
     stats["pairs"] = len(rows)
     log.info("preferences (%s, %s): %s", selection, "outcomes" if use_outcomes else "probabilities", stats)
     return rows, stats
+
+
+def _pair_row(pid, group, chosen: int, rejected: int, chosen_rate: float, rejected_rate: float, label: float) -> dict:
+    return {
+        "prompt_id": pid, "prompt": group["prompt"], "chosen": group["responses"][chosen],
+        "rejected": group["responses"][rejected], "chosen_index": chosen, "rejected_index": rejected,
+        "chosen_finished": group["finished"][chosen], "rejected_finished": group["finished"][rejected],
+        "chosen_stop_token_id": group["stop"][chosen], "rejected_stop_token_id": group["stop"][rejected],
+        "chosen_win_rate": chosen_rate, "rejected_win_rate": rejected_rate, "label_probability": float(label),
+    }
+
+
+def _distinct_text_scores(groups, columns, value_column: str) -> dict[str, dict[str, float]]:
+    """Per prompt and distinct response text: its mean win probability (or outcome) over every
+    non-failed comparison with a *different* text (a text against itself says nothing)."""
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for pid, a, b, value, failed in zip(columns["prompt_id"], columns["index_a"], columns["index_b"],
+                                        columns[value_column], columns["failed"]):
+        if failed:
+            continue
+        text_a, text_b = groups[pid]["responses"][a], groups[pid]["responses"][b]
+        if text_a == text_b:
+            continue
+        sums[pid][text_a] += value
+        counts[pid][text_a] += 1
+        sums[pid][text_b] += 1.0 - value
+        counts[pid][text_b] += 1
+    return {pid: {t: sums[pid][t] / counts[pid][t] for t in counts[pid]} for pid in counts}
 
 
 def _labelled_pairs(groups, columns, wins, counts, stats, *, first_only: bool, use_outcomes: bool) -> list[dict]:
@@ -272,12 +312,7 @@ def _labelled_pairs(groups, columns, wins, counts, stats, *, first_only: bool, u
             stats["dropped_identical_texts"] += 1
             continue
         rate = lambda i: wins[pid][i] / counts[pid][i]  # noqa: E731
-        rows.append({
-            "prompt_id": pid, "prompt": group["prompt"], "chosen": group["responses"][chosen],
-            "rejected": group["responses"][rejected], "chosen_index": chosen, "rejected_index": rejected,
-            "chosen_finished": group["finished"][chosen], "rejected_finished": group["finished"][rejected],
-            "chosen_win_rate": rate(chosen), "rejected_win_rate": rate(rejected), "label_probability": float(label),
-        })
+        rows.append(_pair_row(pid, group, chosen, rejected, rate(chosen), rate(rejected), label))
     return rows
 
 

@@ -10,7 +10,13 @@ synthetic oracle's categories are known, it is computed, not estimated by a judg
   after the prompt: the category mass is the next-token probability of those tokens (the
   embedded policy; exact up to the model continuing a first word into a longer word, which
   its corpus never does);
-- otherwise by Monte Carlo over sampled responses, with a bootstrap standard error.
+- otherwise by Monte Carlo over sampled responses (:func:`monte_carlo_report`): the same
+  per-prompt quantity from each prompt's sampled category frequencies, with a bootstrap
+  standard error over prompts.
+
+Both also report ``exploitability_of_mean_policy``, the exploitability of the
+prompt-averaged category mix: a different quantity (it can be near 0 while every prompt's
+policy is pure and exploitable), kept under its own name.
 
     linepo exploitability --policy results/sft/<id>/model --prompts eval.parquet --out sft.json
 """
@@ -18,6 +24,8 @@ synthetic oracle's categories are known, it is computed, not estimated by a judg
 from __future__ import annotations
 
 import numpy as np
+
+from linepo.errors import InputError
 
 
 def exact_category_probs(model, tokenizer, prompts, judge, batch_size: int = 64) -> np.ndarray | None:
@@ -45,7 +53,9 @@ def exploitability_of(judge, distribution) -> float:
 
 def report(policy, prompt_rows, judge, *, samples: int = 8, seed: int = 0, dtype: str = "auto",
            trust_remote_code: bool = False, bootstrap: int = 1000) -> dict:
-    """Exploitability and category distribution of one policy on ``prompt_rows``."""
+    """Exploitability (per prompt, averaged over prompts) and category distribution of one
+    policy on ``prompt_rows``: exact when possible, else by Monte Carlo with ``samples``
+    responses per prompt (:func:`monte_carlo_report`)."""
     from linepo.models import load_policy
 
     model, tokenizer = load_policy(policy, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -62,13 +72,28 @@ def report(policy, prompt_rows, judge, *, samples: int = 8, seed: int = 0, dtype
     sampler = make_sampler(policy, settings, dtype=dtype, trust_remote_code=trust_remote_code)
     rows = sampler.generate(prompt_rows, samples)
     categories = judge.categorize([r["response"] for r in rows]).reshape(len(prompt_rows), samples)
-    counts = np.stack([np.bincount(c, minlength=judge.unmatched + 1) for c in categories]) / samples
-    mean = counts.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    resampled = [exploitability_of(judge, counts[rng.integers(0, len(counts), len(counts))].mean(axis=0))
-                 for _ in range(bootstrap)]
-    return _summary(judge, "monte_carlo", mean, exploitability_of(judge, mean),
-                    stderr=float(np.std(resampled)), num_prompts=len(prompts), samples_per_prompt=samples)
+    return monte_carlo_report(judge, categories, bootstrap=bootstrap, seed=seed)
+
+
+def monte_carlo_report(judge, categories, *, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """:func:`report`'s Monte Carlo estimate from sampled categories, (num_prompts, samples).
+
+    ``exploitability`` is the mean over prompts of max_j (M p̂_x)_j − ½, p̂_x prompt x's
+    sampled category frequencies: the exact path's estimand. The plug-in max is biased
+    upward with few samples per prompt (a max of noisy values; E max ≥ max E), by up to
+    O(1/√samples); its standard error (bootstrap over prompts) does not include that bias.
+    """
+    from linepo.evaluation import bootstrap_se
+
+    categories = np.asarray(categories)
+    if categories.ndim != 2 or categories.size == 0:
+        raise InputError(f"exploitability: no sampled responses to estimate it from (shape {categories.shape})")
+    num_prompts, samples = categories.shape
+    freqs = np.stack([np.bincount(c, minlength=judge.unmatched + 1) for c in categories]) / samples  # (N, k+1)
+    per_prompt = np.array([exploitability_of(judge, f) for f in freqs])
+    stderr = bootstrap_se(per_prompt, bootstrap, seed)  # nan for one prompt
+    return _summary(judge, "monte_carlo", freqs.mean(axis=0), per_prompt.mean(), stderr=stderr,
+                    num_prompts=num_prompts, samples_per_prompt=samples)
 
 
 def _summary(judge, method, mean, exploitability, *, stderr, **extra) -> dict:

@@ -183,13 +183,14 @@ class TransformersSampler(Sampler):
     """Batched ``model.generate`` on an in-memory model (e.g. the policy being trained)."""
 
     def __init__(self, model, tokenizer, settings: SamplerSettings = SamplerSettings()):
+        from linepo.models import stop_token_ids
+
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings.validate()
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-            eos.append(tokenizer.eos_token_id)
+        # EOS *and* the chat template's end of turn (Qwen2 ChatML ends a turn with <|im_end|>,
+        # its tokenizer's EOS is <|endoftext|>): a response ends at whichever comes first.
+        eos = stop_token_ids(tokenizer, model.generation_config)
         self.eos_token_ids = eos
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
 
@@ -272,10 +273,12 @@ class TransformersSampler(Sampler):
         return [results[i, k] for i in range(len(prompts)) for k in range(settings.n)]
 
     def _row(self, prompt: dict, sample_index: int, tokens: list[int], settings_json: str) -> dict:
-        # Cut at the first EOS (kept and counted); what follows it is padding.
+        # Cut at the first stop token (kept, counted and recorded: scoring appends exactly it);
+        # what follows it is padding.
         stop = next((j for j, t in enumerate(tokens) if t in self.eos_token_ids), None)
+        stop_token = None
         if stop is not None:
-            tokens, finish = tokens[: stop + 1], "stop"
+            tokens, finish, stop_token = tokens[: stop + 1], "stop", tokens[stop]
         else:
             finish = "length"
         return {
@@ -285,6 +288,7 @@ class TransformersSampler(Sampler):
             "response": self.tokenizer.decode(tokens, skip_special_tokens=True),
             "num_tokens": len(tokens),
             "finish_reason": finish,
+            "stop_token_id": stop_token,
             "sampler_settings": settings_json,
         }
 
@@ -320,6 +324,16 @@ class VLLMSampler(Sampler):
             trust_remote_code=trust_remote_code,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        from linepo.models import stop_token_ids
+
+        generation_config = None
+        try:
+            from transformers import GenerationConfig
+
+            generation_config = GenerationConfig.from_pretrained(source)
+        except (OSError, ValueError):  # no generation_config.json: the tokenizer's EOS and the template's
+            pass
+        self.stop_ids = stop_token_ids(self.tokenizer, generation_config)
 
     def sampling_params(self, settings: SamplerSettings, prompt_id: str):
         return self.vllm.SamplingParams(
@@ -328,7 +342,17 @@ class VLLMSampler(Sampler):
             top_p=settings.top_p,
             max_tokens=settings.max_new_tokens,
             seed=row_seed(settings.seed, prompt_id),
+            stop_token_ids=list(self.stop_ids),  # the chat template's end of turn as well as EOS
         )
+
+    def _stop_token(self, completion) -> int | None:
+        """The stop token a finished completion emitted (vLLM keeps it as the last token id)."""
+        if completion.finish_reason != "stop":
+            return None
+        if isinstance(getattr(completion, "stop_reason", None), int):
+            return int(completion.stop_reason)
+        ids = list(completion.token_ids)
+        return int(ids[-1]) if ids and ids[-1] in self.stop_ids else None
 
     def _generate(self, prompts: list[dict], settings: SamplerSettings) -> list[dict]:
         from linepo.models import encode_prompt
@@ -341,6 +365,7 @@ class VLLMSampler(Sampler):
         rows = []
         for prompt, output in zip(prompts, outputs):
             for k, completion in enumerate(output.outputs):
+                stop_token = self._stop_token(completion)
                 rows.append(
                     {
                         "prompt_id": prompt["prompt_id"],
@@ -348,7 +373,9 @@ class VLLMSampler(Sampler):
                         "sample_index": k,
                         "response": completion.text,
                         "num_tokens": len(completion.token_ids),
-                        "finish_reason": "stop" if completion.finish_reason == "stop" else "length",
+                        # a stop we cannot name is scored as a cut response: no stop token term
+                        "finish_reason": "stop" if stop_token is not None else "length",
+                        "stop_token_id": stop_token,
                         "sampler_settings": settings_json,
                     }
                 )

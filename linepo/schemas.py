@@ -37,7 +37,10 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("sample_index", pa.int32(), False, "0..n-1: which of the n samples of this prompt"),
         ("response", pa.string(), False, "generated response text, special tokens removed"),
         ("num_tokens", pa.int32(), False, "number of generated tokens (EOS included when emitted)"),
-        ("finish_reason", pa.string(), False, "'stop' (EOS emitted) or 'length' (max_new_tokens reached)"),
+        ("finish_reason", pa.string(), False, "'stop' (a stop token emitted) or 'length' (max_new_tokens reached)"),
+        ("stop_token_id", pa.int32(), True,
+         "the token that ended the response (EOS or the chat template's end of turn, e.g. <|im_end|>); "
+         "null when cut at max_new_tokens. Scoring appends exactly this token"),
         ("sampler_settings", pa.string(), False, "JSON of the sampler's settings (backend, temperature, top_p, ...)"),
     ],
     "judgments": [
@@ -55,8 +58,10 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("rejected", pa.string(), False, "the dispreferred response y-"),
         ("chosen_index", pa.int32(), False, "sample_index of the chosen response"),
         ("rejected_index", pa.int32(), False, "sample_index of the rejected response"),
-        ("chosen_finished", pa.bool_(), False, "the chosen sample ended with EOS; false when cut at max_new_tokens"),
-        ("rejected_finished", pa.bool_(), False, "the rejected sample ended with EOS (scored without one if not)"),
+        ("chosen_finished", pa.bool_(), False, "the chosen sample ended with a stop token; false when cut at max_new_tokens"),
+        ("rejected_finished", pa.bool_(), False, "the rejected sample ended with a stop token (scored without one if not)"),
+        ("chosen_stop_token_id", pa.int32(), True, "the stop token the chosen sample emitted (null: cut)"),
+        ("rejected_stop_token_id", pa.int32(), True, "the stop token the rejected sample emitted (null: cut)"),
         ("chosen_win_rate", pa.float64(), False, "mean P(chosen ≻ other samples of the prompt): SPPO's P̂(y+ ≻ μ)"),
         ("rejected_win_rate", pa.float64(), False, "mean P(rejected ≻ other samples of the prompt): SPPO's P̂(y- ≻ μ)"),
         ("label_probability", pa.float64(), False,
@@ -69,8 +74,10 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("prompt", pa.string(), False, "the prompt text"),
         ("chosen", pa.string(), False, "the preferred response y+"),
         ("rejected", pa.string(), False, "the dispreferred response y-"),
-        ("chosen_finished", pa.bool_(), False, "y+ ended with EOS; a cut sample's log-probs have no EOS term"),
-        ("rejected_finished", pa.bool_(), False, "y- ended with EOS; a cut sample's log-probs have no EOS term"),
+        ("chosen_finished", pa.bool_(), False, "y+ ended with a stop token; a cut sample's log-probs have no stop term"),
+        ("rejected_finished", pa.bool_(), False, "y- ended with a stop token; a cut sample's log-probs have no stop term"),
+        ("chosen_stop_token_id", pa.int32(), True, "the stop token y+ emitted, scored after it (null: cut)"),
+        ("rejected_stop_token_id", pa.int32(), True, "the stop token y- emitted, scored after it (null: cut)"),
         ("chosen_win_rate", pa.float64(), False, "P̂(y+ ≻ μ) from the tournament (SPPO)"),
         ("rejected_win_rate", pa.float64(), False, "P̂(y- ≻ μ) from the tournament (SPPO)"),
         ("label_probability", pa.float64(), False, "P(chosen ≻ rejected) the loss is fitted to (1.0: hard label)"),
@@ -182,19 +189,28 @@ def read_metadata(path: str | os.PathLike) -> dict:
 #: Evaluation outputs that are not parquet: (path, format, content), for docs/artefacts.md.
 OTHER_ARTEFACTS = [
     ("results/eval/generations/<id>.parquet", "samples",
-     "a checkpoint's answers to the eval prompts (evaluation.decoding); id: policy × eval prompts × decoding"),
+     "a checkpoint's answers to the eval prompts (evaluation.decoding), sampled with its own seed int(id, 16); "
+     "id: policy × eval prompts × decoding"),
     ("results/eval/comparisons/<id>.parquet", "comparisons",
      "two generations judged in both orders; id: the unordered generation pair × eval judge"),
     ("results/eval/alpaca_eval/<checkpoint>/model_outputs.json", "JSON list",
      "AlpacaEval model outputs: `instruction`, `output` (sample 0), `generator` (the checkpoint's label), `dataset`"),
     ("results/summary/win_rates.csv", "CSV", "row-vs-column win rate (%) in Table 2 order, plus Avg (row mean, diagonal included)"),
     ("results/summary/win_rates_se.csv", "CSV", "bootstrap standard errors (%) of win_rates.csv, over prompts"),
-    ("results/summary/win_rates_pairs.tsv", "TSV", "one line per ordered pair: win rate, SE, prompts, failed comparisons, comparison id"),
+    ("results/summary/win_rates_hard.csv", "CSV",
+     "hard row-vs-column win rate (%): each comparison scored 1, 0 or ½ as P(row ≻ column) is above, below or "
+     "exactly ½, averaged per prompt then over prompts; plus Avg"),
+    ("results/summary/win_rates_hard_se.csv", "CSV", "bootstrap standard errors (%) of win_rates_hard.csv, over prompts"),
+    ("results/summary/win_rates_pairs.tsv", "TSV",
+     "one line per ordered pair: win rate and SE, hard win rate and SE, prompts, failed comparisons, comparison id"),
     ("results/summary/win_rates.png", "PNG", "heatmap of the matrix with SEs and the Avg column"),
+    ("results/policies/r<r>/s<s>/<id>/model/linepo_selection.json", "JSON",
+     "with validation: the validation loss at each evaluated step, the step kept and the last step"),
     ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens"),
     ("results/summary/curves.png", "PNG", "Figure 3: those curves, red lines at round ends"),
     ("results/summary/evaluation.tsv", "TSV",
-     "per checkpoint: Avg and worst win rate (robust alignment), mean tokens, exploitability and category mix (synthetic oracle)"),
+     "per checkpoint: Avg and worst win rate (robust alignment), the same for the hard win rate, mean tokens, "
+     "exploitability and category mix (synthetic oracle)"),
 ]
 
 

@@ -6,8 +6,10 @@
     from linepo.scoring import sequence_logprobs, score_preferences
     logps = sequence_logprobs(model, tokenizer, prompts, responses, batch_size=32, max_length=512)  # (B,)
 
-A sequence is ``encode_prompt(prompt) + tokens(response) + [EOS]``; log π(y|x) is the sum of
-the next-token log-probs at the response positions (the EOS included), nothing on the prompt.
+A sequence is ``encode_prompt(prompt) + tokens(response) + [stop]``, where stop is the token
+the sample emitted (EOS, or the chat template's end of turn: Qwen2's ``<|im_end|>``) and is
+absent when the sample was cut; log π(y|x) is the sum of the next-token log-probs at the
+response positions (the stop token included), nothing on the prompt.
 The trainer computes the policy's log-probs with the same :func:`tokenize_pairs` and
 :func:`response_logprobs` (with gradients), so at step 0 the policy's Δπ equals the
 scored Δref up to float rounding.
@@ -51,27 +53,36 @@ def _truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -
     return prompt_ids, response_ids[: max_length - keep_prompt], True
 
 
-def _response_ids(tokenizer, responses, finished=None) -> list[list[int]]:
-    """Token ids of each response, followed by EOS where it ``finished`` (default: all).
+def _response_ids(tokenizer, responses, finished=None, stop_tokens=None) -> list[list[int]]:
+    """Token ids of each response, followed by the stop token it emitted.
 
-    A sample cut at max_new_tokens never emitted EOS, so its log-prob has none: scoring one
-    would add log π(EOS | cut text), a large negative term the losses could then move
-    without moving the response itself.
+    ``stop_tokens[i]`` is the token that ended response i (EOS, or the chat template's end of
+    turn such as Qwen2's ``<|im_end|>``), None when it was cut at max_new_tokens: a cut sample
+    never emitted one, and scoring one would add a large negative log π(stop | cut text) that
+    the losses could move without moving the response. Without ``stop_tokens`` (hand-made
+    files), a ``finished`` response (default: all) ends with the tokenizer's EOS.
     """
-    if tokenizer.eos_token_id is None:
-        raise InputError("tokenizer: has no eos token; a response must end with one")
     encoded = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if len(responses) else []
     finished = [True] * len(encoded) if finished is None else list(finished)
-    return [ids + [tokenizer.eos_token_id] if done else ids for ids, done in zip(encoded, finished, strict=True)]
+    stop_tokens = [None] * len(encoded) if stop_tokens is None else list(stop_tokens)
+    out = []
+    for ids, done, stop in zip(encoded, finished, stop_tokens, strict=True):
+        if stop is None and done:
+            if tokenizer.eos_token_id is None:
+                raise InputError("tokenizer: has no eos token, and a finished response names no stop token")
+            stop = tokenizer.eos_token_id
+        out.append(ids + [int(stop)] if stop is not None and done else ids)
+    return out
 
 
-def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finished=None) -> list[dict]:
+def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finished=None,
+                       stop_tokens=None) -> list[dict]:
     """``{"input_ids", "response_mask"}`` per (prompt, response): the sequences log π(y|x) sums over.
 
-    ``response_mask[t]`` is 1 where token t belongs to the response (EOS included where the
-    response ``finished``; default all): the positions whose next-token log-prob is
-    summed. Prompts go through :func:`linepo.models.encode_prompt` (chat template when
-    there is one).
+    ``response_mask[t]`` is 1 where token t belongs to the response (its stop token included
+    where it ``finished``; see :func:`_response_ids`): the positions whose next-token
+    log-prob is summed. Prompts go through :func:`linepo.models.encode_prompt` (chat
+    template when there is one).
     """
     from linepo.models import encode_prompt
 
@@ -79,7 +90,7 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finish
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     cache: dict[str, list[int]] = {}
     features, truncated = [], 0
-    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses, finished)):
+    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses, finished, stop_tokens)):
         if prompt not in cache:
             cache[prompt] = encode_prompt(tokenizer, prompt)
         prompt_ids, response_ids, cut = _truncate(cache[prompt], response_ids, max_length)
@@ -92,7 +103,7 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finish
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int, chosen_finished=None,
-                   rejected_finished=None) -> list[dict]:
+                   rejected_finished=None, chosen_stop=None, rejected_stop=None) -> list[dict]:
     """Per pair: ``chosen_input_ids``, ``chosen_response_mask``, ``rejected_input_ids``,
     ``rejected_response_mask`` (see :func:`tokenize_responses`); what the trainer's batches hold."""
     if not len(prompts) == len(chosen) == len(rejected):
@@ -100,8 +111,11 @@ def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int, cho
     finished = None
     if chosen_finished is not None or rejected_finished is not None:
         finished = list(chosen_finished or [True] * len(chosen)) + list(rejected_finished or [True] * len(rejected))
+    stops = None
+    if chosen_stop is not None or rejected_stop is not None:
+        stops = list(chosen_stop or [None] * len(chosen)) + list(rejected_stop or [None] * len(rejected))
     both = tokenize_responses(tokenizer, list(prompts) * 2, list(chosen) + list(rejected), max_length=max_length,
-                              finished=finished)
+                              finished=finished, stop_tokens=stops)
     n = len(prompts)
     return [
         {"chosen_input_ids": c["input_ids"], "chosen_response_mask": c["response_mask"],
@@ -163,11 +177,12 @@ def _device_of(model):
 
 
 def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int = 32, max_length: int = 512,
-                      stats: dict | None = None, finished=None):
-    """log π(response | prompt) summed over response tokens + EOS, without gradients; (B,) float32 on CPU.
+                      stats: dict | None = None, finished=None, stop_tokens=None):
+    """log π(response | prompt) summed over response tokens + its stop token, without gradients;
+    (B,) float32 on CPU.
 
-    ``finished`` (default: all) says which responses ended with EOS; the others (cut at
-    max_new_tokens) are scored without it.
+    ``stop_tokens`` names the token each response emitted (None: cut at max_new_tokens, scored
+    without one); without it, ``finished`` (default: all) responses end with the tokenizer's EOS.
 
     Sequences are sorted by length and batched (longest first, so an out-of-memory error
     comes at once); results come back in input order and do not depend on ``batch_size``
@@ -178,7 +193,8 @@ def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int =
 
     if batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
-    features = tokenize_responses(tokenizer, prompts, responses, max_length=max_length, finished=finished)
+    features = tokenize_responses(tokenizer, prompts, responses, max_length=max_length, finished=finished,
+                                  stop_tokens=stop_tokens)
     out = torch.zeros(len(features), dtype=torch.float32)
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     device = _device_of(model)
@@ -226,7 +242,8 @@ def _same_policy(a, b) -> bool:
     return str(a) == str(b)
 
 
-def _score_with(path, prompts, chosen, rejected, finished, *, batch_size, max_length, dtype, trust_remote_code):
+def _score_with(path, prompts, chosen, rejected, finished, stops, *, batch_size, max_length, dtype,
+                trust_remote_code):
     """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
     import torch
 
@@ -237,7 +254,8 @@ def _score_with(path, prompts, chosen, rejected, finished, *, batch_size, max_le
     start = time.perf_counter()
     try:
         logps = sequence_logprobs(model, tokenizer, list(prompts) * 2, list(chosen) + list(rejected),
-                                  batch_size=batch_size, max_length=max_length, stats=stats, finished=finished)
+                                  batch_size=batch_size, max_length=max_length, stats=stats, finished=finished,
+                                  stop_tokens=stops)
     finally:
         del model
         gc.collect()
@@ -282,14 +300,16 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     chosen = table.column("chosen").to_pylist()
     rejected = table.column("rejected").to_pylist()
     finished = table.column("chosen_finished").to_pylist() + table.column("rejected_finished").to_pylist()
+    stops = table.column("chosen_stop_token_id").to_pylist() + table.column("rejected_stop_token_id").to_pylist()
     kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code)
 
-    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, **kwargs)
+    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, stops, **kwargs)
     models_run = 1
     if _same_policy(reference, anchor):
         anc_c, anc_r = ref_c, ref_r
     else:
-        anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, finished, **kwargs)
+        anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, finished, stops,
+                                                              **kwargs)
         tokens, seconds, models_run = tokens + more_tokens, seconds + more_seconds, 2
     columns = dict(zip(LOGP_COLUMNS, (ref_c, ref_r, anc_c, anc_r)))
     for name, values in columns.items():
@@ -299,7 +319,8 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
 
     rows = {name: table.column(name).to_pylist() for name in
             ("prompt_id", "prompt", "chosen", "rejected", "chosen_finished", "rejected_finished",
-             "chosen_win_rate", "rejected_win_rate", "label_probability")}
+             "chosen_stop_token_id", "rejected_stop_token_id", "chosen_win_rate", "rejected_win_rate",
+             "label_probability")}
     rows.update({name: values.double().tolist() for name, values in columns.items()})
     pairs = len(prompts)
     stats = {

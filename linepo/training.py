@@ -61,6 +61,11 @@ from linepo.losses import LOSSES
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "linepo_train.json"
+#: Master-weight dtypes. float32 is the default whatever dtype the policy is stored, sampled or
+#: scored in: AdamW at the paper's lr 5e-7 on bf16 weights (8 mantissa bits) rounds most updates
+#: away (on a 1536×1536 layer of std 0.02 only ~1% of the weights move in 30 steps). bfloat16 is
+#: pure bf16 training, for users who ask for it knowingly.
+MASTER_DTYPES = ("float32", "bfloat16")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: Settings that change how often things are written, not what is computed: a rerun with
 #: other values still resumes.
@@ -102,13 +107,15 @@ class TrainSettings:
     learning_rate: float = 5e-7  #: peak learning rate (the paper's recipe, Tunstall et al. 2023)
     lr_scheduler_type: str = "linear"  #: any transformers scheduler name
     warmup_ratio: float = 0.0  #: share of optimizer steps spent warming up, in [0, 1]
-    weight_decay: float = 0.0  #: AdamW weight decay
-    max_grad_norm: float = 1.0  #: gradient clipping; 0 disables it
+    weight_decay: float = 0.0  #: AdamW weight decay (not on biases and norms; the paper's code: 0.01 on all)
+    max_grad_norm: float = 1.0  #: gradient-norm clipping; 0 disables it (the paper's code does not clip)
     max_length: int = 512  #: tokens per sequence (prompt + response), same rule as scoring
     seed: int = 0  #: model-side seed and data order seed (data_seed)
-    bf16: str | bool = "auto"  #: bf16 mixed precision; "auto" = only on a CUDA GPU that has bf16
-    dtype: str = "float32"  #: dtype the policy is loaded in (master weights)
+    bf16: str | bool = "auto"  #: bf16 autocast (mixed precision); "auto" = only on a CUDA GPU that has bf16
+    master_dtype: str = "float32"  #: dtype of the weights AdamW updates (and of the saved policy); see MASTER_DTYPES
     optim: str = "adamw_torch"  #: TrainingArguments.optim
+    eval_steps: int = 500  #: with validation pairs: optimizer steps between validation-loss evaluations (and at each epoch's end)
+    select_best: bool = True  #: with validation pairs: keep the lowest-validation-loss checkpoint, not the last
     save_steps: int = 50  #: optimizer steps between resume checkpoints in the side folder
     save_total_limit: int = 2  #: resume checkpoints kept
     logging_steps: int = 10  #: optimizer steps between log lines
@@ -180,8 +187,10 @@ class TrainSettings:
         for name in ("eta", "eta_tau", "epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
             number(name, getattr(self, name))
         for name in ("batch_size", "gradient_accumulation_steps", "max_length", "seed", "save_steps",
-                     "save_total_limit", "logging_steps"):
+                     "save_total_limit", "logging_steps", "eval_steps"):
             number(name, getattr(self, name), integer=True)
+        if not isinstance(self.select_best, bool):
+            raise InputError(f"select_best: must be true or false, got {self.select_best!r}")
         if self.eta <= 0:
             raise InputError(f"--eta: the step size η must be > 0, got {self.eta}")
         if not 0 < self.eta_tau <= 1:
@@ -196,7 +205,7 @@ class TrainSettings:
             if getattr(self, name) < 0:
                 raise InputError(f"{_flag(name)}: must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "save_total_limit",
-                     "logging_steps"):
+                     "logging_steps", "eval_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{_flag(name)}: must be at least 1, got {getattr(self, name)}")
         if self.max_length < 8:
@@ -213,8 +222,8 @@ class TrainSettings:
             raise InputError(f"optim: unknown optimizer {self.optim!r}; see transformers' OptimizerNames")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise InputError(f"--bf16: must be auto, true or false, got {self.bf16!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise InputError(f"dtype: must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.master_dtype not in MASTER_DTYPES:
+            raise InputError(f"master_dtype: must be one of {', '.join(MASTER_DTYPES)}, got {self.master_dtype!r}")
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise InputError(f"--deepspeed {self.deepspeed}: file not found")
         if self.fsdp_config is not None and not isinstance(self.fsdp_config, (dict, str)):
@@ -240,7 +249,7 @@ _FLOAT_COLUMNS = ("reference_chosen_logp", "reference_rejected_logp", "anchor_ch
                   "chosen_win_rate", "rejected_win_rate", "label_probability")
 
 
-def read_scored(paths) -> "pyarrow.Table":  # noqa: F821
+def read_scored(paths, option: str = "--scored") -> "pyarrow.Table":  # noqa: F821
     """One "scored" table from one or several files (concatenated in order), all values finite.
 
     Raises:
@@ -252,7 +261,7 @@ def read_scored(paths) -> "pyarrow.Table":  # noqa: F821
 
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not paths:
-        raise InputError("--scored: give at least one scored file")
+        raise InputError(f"{option}: give at least one scored file")
     tables = []
     for path in paths:
         table = read_table(path, "scored")
@@ -264,7 +273,8 @@ def read_scored(paths) -> "pyarrow.Table":  # noqa: F821
         tables.append(table)
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     if table.num_rows == 0:
-        raise InputError(f"--scored {' '.join(map(str, paths))}: no pairs to train on")
+        raise InputError(f"{option} {' '.join(map(str, paths))}: no pairs"
+                         + (" to train on" if option == "--scored" else " to validate on"))
     return table
 
 
@@ -275,7 +285,9 @@ def pair_features(tokenizer, table, max_length: int) -> list[dict]:
     features = tokenize_pairs(tokenizer, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(),
                               table.column("rejected").to_pylist(), max_length=max_length,
                               chosen_finished=table.column("chosen_finished").to_pylist(),
-                              rejected_finished=table.column("rejected_finished").to_pylist())
+                              rejected_finished=table.column("rejected_finished").to_pylist(),
+                              chosen_stop=table.column("chosen_stop_token_id").to_pylist(),
+                              rejected_stop=table.column("rejected_stop_token_id").to_pylist())
     columns = {name: table.column(name).to_pylist() for name in _FLOAT_COLUMNS}
     for i, feature in enumerate(features):
         feature.update({name: float(values[i]) for name, values in columns.items()})
@@ -357,6 +369,13 @@ def _trainer_class():
                 self._tokens = self._tokens + inputs["attention_mask"].sum()
                 self._track(inputs, logps.detach(), loss.detach())
             return (loss, {"logps": logps}) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            """The validation loss of a batch (the same loss as training, no grad); no logits."""
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss, _, _ = pair_loss(model, inputs, self.loss_name, eta=self.eta, tau=self.tau)
+            return loss.detach(), None, None
 
         def _finite_everywhere(self, loss) -> bool:
             """Whether the loss is finite in *every* process: all of them stop together, none hangs
@@ -451,7 +470,7 @@ def _clear_side_folder(resume_dir: Path) -> None:
     if not resume_dir.is_dir():
         return
     for path in resume_dir.iterdir():
-        if _checkpoint_step(path) is not None:
+        if _checkpoint_step(path) is not None or BestCheckpoints.PATTERN.match(path.name):
             shutil.rmtree(path)
     (resume_dir / FINGERPRINT_FILE).unlink(missing_ok=True)
     try:
@@ -468,7 +487,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(policy, scored_paths, settings: TrainSettings, num_processes: int = 1) -> dict:
+def fingerprint(policy, scored_paths, settings: TrainSettings, num_processes: int = 1, validation_paths=()) -> dict:
     """What a resume checkpoint must have been trained from: inputs and the settings that matter."""
     policy_dir = Path(str(policy)).expanduser()
     if policy_dir.is_dir():
@@ -477,8 +496,11 @@ def fingerprint(policy, scored_paths, settings: TrainSettings, num_processes: in
     else:
         policy_id = {"hub": str(policy)}
     values = {k: v for k, v in settings.to_dict().items() if k not in _NOT_FINGERPRINTED}
-    return {"policy": policy_id, "scored": [_sha256(Path(p)) for p in scored_paths], "settings": values,
-            "num_processes": num_processes}
+    record = {"policy": policy_id, "scored": [_sha256(Path(p)) for p in scored_paths], "settings": values,
+              "num_processes": num_processes}
+    if validation_paths:
+        record["validation"] = [_sha256(Path(p)) for p in validation_paths]
+    return record
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -495,6 +517,19 @@ def _disable_dropout(model) -> None:
             module.attention_dropout = 0.0
 
 
+def _warmup_arguments(training_arguments_class, ratio: float) -> dict:
+    """The warmup as ``TrainingArguments`` of this transformers version takes it.
+
+    transformers 4 has ``warmup_ratio`` (and an integer ``warmup_steps``); transformers 5
+    dropped ``warmup_ratio`` and reads a float ``warmup_steps`` < 1 as that ratio (1.0 would
+    mean one step, hence the cap just below 1).
+    """
+    fields = {f.name for f in dataclasses.fields(training_arguments_class)}
+    if "warmup_ratio" in fields:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": min(ratio, 0.999999)}
+
+
 class PreferenceTraining:
     """setup → train → save → cleanup for one policy update; :meth:`run` does all four.
 
@@ -505,9 +540,12 @@ class PreferenceTraining:
             folder keeps its checkpoints).
     """
 
-    def __init__(self, policy, scored, out, *, resume_dir, settings: TrainSettings, callbacks=()):
+    def __init__(self, policy, scored, out, *, resume_dir, settings: TrainSettings, callbacks=(), validation=()):
         self.policy = policy
         self.scored = [Path(p) for p in ([scored] if isinstance(scored, (str, os.PathLike)) else scored)]
+        self.validation = [Path(p) for p in ([validation] if isinstance(validation, (str, os.PathLike))
+                                              else validation)]
+        self.selection: BestCheckpoints | None = None
         self.out = Path(out)
         self.resume_dir = Path(resume_dir)
         self.settings = settings
@@ -522,8 +560,10 @@ class PreferenceTraining:
         self.settings.validate()
         self._check_paths()
         table = read_scored(self.scored)
+        held_out = read_scored(self.validation, option="--validation") if self.validation else None
         self.model, self.tokenizer = self._load_policy()
         features = pair_features(self.tokenizer, table, self.settings.max_length)
+        eval_features = pair_features(self.tokenizer, held_out, self.settings.max_length) if held_out else None
         args = self._training_arguments()  # sets up torch.distributed under a launcher
         if args.world_size != world_size():
             raise InputError(f"WORLD_SIZE={world_size()} but the Trainer sees {args.world_size} process(es); "
@@ -534,6 +574,7 @@ class PreferenceTraining:
             model=self.model,
             args=args,
             train_dataset=features,
+            eval_dataset=eval_features,
             data_collator=PairCollator(self.tokenizer.pad_token_id),
             loss_name=self.settings.loss,
             eta=float(self.settings.eta),
@@ -544,15 +585,23 @@ class PreferenceTraining:
         self.trainer.remove_callback(PrinterCallback)
         self.trainer.remove_callback(ProgressCallback)
         self.trainer.add_callback(_log_callback())
+        if eval_features is not None:
+            self.selection = _best_checkpoints_callback(self)
+            self.trainer.add_callback(self.selection)
         for callback in self.callbacks:
             self.trainer.add_callback(callback)
         self.stats.update(pairs=len(features), loss=self.settings.loss, eta=self.settings.eta,
                           eta_tau=self.settings.eta_tau)
+        if eval_features is not None:
+            self.stats["validation_pairs"] = len(eval_features)
 
     def _check_paths(self) -> None:
         for path in self.scored:
             if not path.is_file():
                 raise InputError(f"--scored {path}: file not found")
+        for path in self.validation:
+            if not path.is_file():
+                raise InputError(f"--validation {path}: file not found")
         out, side = self.out.resolve(), self.resume_dir.resolve()
         if out == side or side.is_relative_to(out) or out.is_relative_to(side):
             raise InputError(f"--resume-dir {self.resume_dir}: must lie outside --out {self.out} (and not contain it)")
@@ -560,8 +609,10 @@ class PreferenceTraining:
     def _load_policy(self):
         from linepo.models import load_policy
 
+        # The parent is upcast to the master dtype whatever dtype it was saved in; bf16 autocast
+        # (settings.bf16) then runs the matmuls in bf16 while AdamW updates fp32 weights.
         model, tokenizer = load_policy(self.policy, trust_remote_code=self.settings.trust_remote_code,
-                                       dtype=self.settings.dtype)
+                                       dtype=self.settings.master_dtype)
         _disable_dropout(model)
         if getattr(model.config, "use_cache", None):
             model.config.use_cache = False
@@ -604,8 +655,7 @@ class PreferenceTraining:
             gradient_accumulation_steps=int(s.gradient_accumulation_steps),
             learning_rate=float(s.learning_rate),
             lr_scheduler_type=s.lr_scheduler_type,
-            # transformers v5: warmup_steps < 1 is a ratio of the optimizer steps (1.0 would mean one step)
-            warmup_steps=min(float(s.warmup_ratio), 0.999999),
+            **_warmup_arguments(TrainingArguments, float(s.warmup_ratio)),
             weight_decay=float(s.weight_decay),
             max_grad_norm=float(s.max_grad_norm),
             optim=s.optim,
@@ -622,6 +672,12 @@ class PreferenceTraining:
             report_to="none",
             disable_tqdm=True,
             remove_unused_columns=False,
+            # Held-out pairs (checkpoint selection): the validation loss every eval_steps optimizer
+            # steps; BestCheckpoints adds each epoch's end and the last step, as the paper's code does.
+            eval_strategy="steps" if self.validation else "no",
+            eval_steps=int(s.eval_steps) if self.validation else None,
+            per_device_eval_batch_size=per_device_batch_size,
+            prediction_loss_only=True,
             dataloader_pin_memory=cuda,
             use_cpu=not cuda,  # several CPU processes then form a gloo group (accelerate's MULTI_CPU)
             ddp_find_unused_parameters=False,  # every parameter gets a gradient: no extra graph traversal
@@ -637,7 +693,7 @@ class PreferenceTraining:
 
         state = PartialState()  # already set up by TrainingArguments
         if state.is_main_process:
-            expected = fingerprint(self.policy, self.scored, self.settings, num_processes)
+            expected = fingerprint(self.policy, self.scored, self.settings, num_processes, self.validation)
             record = self.resume_dir / FINGERPRINT_FILE
             if self.resume_dir.is_dir():
                 try:
@@ -679,32 +735,76 @@ class PreferenceTraining:
 
     # -- save
     def save(self) -> Path:
+        """The trained policy to ``out``: the lowest-validation-loss checkpoint when selecting,
+        else the last weights; with validation, ``linepo_selection.json`` says which step."""
         trainer = self.trainer
-        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-            self._save_sharded()
-        elif trainer.args.should_save:
-            from linepo.models import save_policy
+        chosen = self.selection.chosen() if self.selection is not None else None
+        if chosen is not None and self.settings.select_best:
+            if trainer.args.should_save:
+                self._install(chosen.folder)
+        else:
+            self.save_weights(self.out)
+        trainer.accelerator.wait_for_everyone()
+        if self.selection is not None:
+            summary = self.selection.summary(select_best=self.settings.select_best,
+                                             final_step=trainer.state.global_step)
+            self.stats["validation"] = summary
+            if trainer.args.should_save:
+                from linepo.schemas import atomic_path
 
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            model.eval()
-            save_policy(model, self.tokenizer, self.out)
+                with atomic_path(self.out / SELECTION_FILE) as tmp:
+                    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+            log.info("validation loss by step %s; kept step %s", summary["history"], summary["selected_step"])
         trainer.accelerator.wait_for_everyone()
         self.stats["out"] = str(self.out)
         return self.out
 
-    def _save_sharded(self) -> None:
+    def save_weights(self, folder: Path) -> None:
+        """The current weights (and tokenizer) as a policy folder, atomically; every process calls it."""
+        trainer = self.trainer
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            self._save_sharded(folder)
+        elif trainer.args.should_save:
+            from linepo.models import save_policy
+
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            was_training = model.training
+            model.eval()
+            save_policy(model, self.tokenizer, folder)
+            model.train(was_training)
+        trainer.accelerator.wait_for_everyone()
+
+    def _save_sharded(self, folder: Path) -> None:
         """DeepSpeed/FSDP: every process joins ``save_model`` (it gathers the weights), rank 0 renames."""
         trainer = self.trainer
-        tmp = self.out.with_name(f".{self.out.name}.saving")
+        tmp = folder.with_name(f".{folder.name}.saving")
         if trainer.args.should_save and tmp.exists():
             shutil.rmtree(tmp)
         trainer.accelerator.wait_for_everyone()
         trainer.save_model(str(tmp))
         if trainer.args.should_save:
             self.tokenizer.save_pretrained(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+
+    def _install(self, saved: Path) -> None:
+        """Copy a saved policy folder onto ``out`` atomically (the side folder is removed later)."""
+        import tempfile
+
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        try:
+            for child in saved.iterdir():
+                if child.name != BestCheckpoints.RECORD:
+                    shutil.copy2(child, tmp / child.name)
+            os.chmod(tmp, 0o777 & ~_umask())
             if self.out.exists():
                 shutil.rmtree(self.out)
             os.replace(tmp, self.out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
     # -- cleanup
     def cleanup(self) -> None:
@@ -721,11 +821,160 @@ class PreferenceTraining:
         return self.stats
 
 
-def train_policy(policy, scored, out, *, resume_dir, settings: TrainSettings | None = None, callbacks=()) -> dict:
+def train_policy(policy, scored, out, *, resume_dir, settings: TrainSettings | None = None, callbacks=(),
+                 validation=()) -> dict:
     """Train ``policy`` on ``scored`` pairs and save it to ``out``; see :class:`PreferenceTraining`.
 
+    ``validation``: scored held-out pairs; their loss is evaluated every ``settings.eval_steps``
+    optimizer steps and at each epoch's end, and with ``settings.select_best`` the
+    lowest-validation-loss checkpoint is what ``out`` gets (paper §5.1).
+
     Returns:
-        stats: pairs, resumed_from_step, global_step, train_loss, seconds, tokens, tokens_per_s, out.
+        stats: pairs, resumed_from_step, global_step, train_loss, seconds, tokens, tokens_per_s, out
+        (and ``validation``: history, selected step and loss, when validating).
     """
     return PreferenceTraining(policy, scored, out, resume_dir=resume_dir, settings=settings or TrainSettings(),
-                              callbacks=callbacks).run()
+                              callbacks=callbacks, validation=validation).run()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+SELECTION_FILE = "linepo_selection.json"
+
+
+class BestCheckpoints:
+    """Keeps the lowest-validation-loss weights of a training run in the side folder.
+
+    Each new best is saved as ``best-<step>/`` (weights and tokenizer, atomically, plus its
+    loss in ``eval_loss.json``). Which bests are kept is what a resume needs: a resume from
+    ``checkpoint-c`` continues a history whose best so far is the latest best at or before
+    step c, so for every ``checkpoint-*`` folder present that best is kept, and the newest;
+    others are deleted. On (re)start, bests newer than the resumed step are deleted: the
+    resumed run recomputes them, so a killed run ends byte-identical to an uninterrupted one.
+    The history of evaluations comes from the Trainer's own log history, which checkpoints
+    restore.
+    """
+
+    RECORD = "eval_loss.json"
+    PATTERN = re.compile(r"^best-(\d+)$")
+
+    def __init__(self, training: "PreferenceTraining"):
+        self.training = training
+        self.side = training.resume_dir
+
+    # -- the Trainer's events
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.should_save:
+            for step, folder in self._bests().items():
+                if step > state.global_step:
+                    shutil.rmtree(folder)
+        self.training.trainer.accelerator.wait_for_everyone()
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_evaluate = True  # the paper's code evaluates at every epoch's end
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True  # the last weights are a candidate too
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        history = self.history(state)
+        if not history or history[-1][0] != state.global_step:
+            return control
+        step, loss = history[-1]
+        earlier = [value for s, value in history[:-1] if s < step]
+        if math.isfinite(loss) and all(loss < value for value in earlier):
+            self._save_best(step, loss)
+        elif not math.isfinite(loss):
+            log.warning("validation loss at step %d is %s: not a candidate", step, loss)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            self._prune()
+        return control
+
+    # -- helpers
+    @staticmethod
+    def history(state) -> list[tuple[int, float]]:
+        """(step, validation loss) of every evaluation so far, one per step (the last kept)."""
+        by_step = {}
+        for entry in state.log_history:
+            if "eval_loss" in entry:
+                by_step[int(entry["step"])] = float(entry["eval_loss"])
+        return sorted(by_step.items())
+
+    def _bests(self) -> dict[int, Path]:
+        if not self.side.is_dir():
+            return {}
+        found = {}
+        for path in self.side.iterdir():
+            match = self.PATTERN.match(path.name)
+            if match and (path / self.RECORD).is_file():
+                found[int(match.group(1))] = path
+        return found
+
+    def _save_best(self, step: int, loss: float) -> None:
+        folder = self.side / f"best-{step}"
+        self.training.save_weights(folder)
+        if self.training.trainer.args.should_save:
+            (folder / self.RECORD).write_text(json.dumps({"step": step, "eval_loss": loss}) + "\n")
+            self._prune()
+        self.training.trainer.accelerator.wait_for_everyone()
+
+    def _prune(self) -> None:
+        bests = self._bests()
+        if not bests:
+            return
+        keep = {max(bests)}
+        for path in self.side.iterdir():
+            c = _checkpoint_step(path)
+            if c is not None:
+                committed = [b for b in bests if b <= c]
+                if committed:
+                    keep.add(max(committed))
+        for step, folder in bests.items():
+            if step not in keep:
+                shutil.rmtree(folder)
+
+    def chosen(self):
+        """The lowest-validation-loss evaluation of the whole history, as (step, loss, folder)."""
+        history = self.history(self.training.trainer.state)
+        if not history:
+            return None
+        step, loss = min(history, key=lambda item: (item[1], item[0]))  # ties: the earliest
+        folder = self.side / f"best-{step}"
+        if not (folder / self.RECORD).is_file():
+            raise RuntimeError(f"{folder}: the best validation checkpoint (step {step}) is missing")
+        return _Chosen(step, loss, folder)
+
+    def summary(self, *, select_best: bool, final_step: int) -> dict:
+        history = self.history(self.training.trainer.state)
+        best = min(history, key=lambda item: (item[1], item[0])) if history else (None, None)
+        return {"history": [[s, round(v, 8)] for s, v in history], "best_step": best[0],
+                "best_eval_loss": best[1], "final_step": final_step, "select_best": select_best,
+                "selected_step": best[0] if select_best and history else final_step}
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    step: int
+    loss: float
+    folder: Path
+
+
+def _best_checkpoints_callback(training: "PreferenceTraining"):
+    """A :class:`BestCheckpoints` that is a ``TrainerCallback`` (transformers imported on use)."""
+    from transformers import TrainerCallback
+
+    class BestCheckpointsCallback(BestCheckpoints, TrainerCallback):
+        pass
+
+    return BestCheckpointsCallback(training)

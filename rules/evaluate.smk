@@ -49,7 +49,8 @@ if SYNTHETIC_JUDGE and PLAN.runs:
 # ---------------------------------------------------------------- win rates (Table 2, Figure 3)
 # Checkpoints (SFT, every run's final policy, evaluation.checkpoints) answer the eval prompts;
 # every pair is judged in both orders by the eval judge. Ids from linepo.evalplan: a
-# generation is keyed by policy × eval prompts × decoding, a comparison by its two
+# generation is keyed by policy × eval prompts × decoding (and seeded by its id, so no two
+# checkpoints share sampling noise), a comparison by its two
 # generations × eval judge, so a new checkpoint adds its row and column only and a new eval
 # judge re-judges without regenerating. Outputs in results/summary/, figures in the report:
 #   snakemake --cores 2 && snakemake --report report.html
@@ -76,6 +77,7 @@ rule eval_generate:
     params:
         policy=lambda wc: PLAN.policy_dir(EVAL.generations[wc.generation]),
         decoding=EVAL.decoding,
+        seed=lambda wc: EVAL.generation_seed(wc.generation),  # its own: independent of other checkpoints'
         runtime=f"--dtype {POLICY['dtype']} {REMOTE_CODE}",
     log:
         "logs/eval/generations/{generation}.log",
@@ -88,7 +90,7 @@ rule eval_generate:
         "linepo sample --policy {params.policy:q} --prompts {input.prompts} --out {output} "
         "--n {params.decoding[n]} --temperature {params.decoding[temperature]} --top-p {params.decoding[top_p]} "
         "--max-new-tokens {params.decoding[max_new_tokens]} --batch-size {params.decoding[batch_size]} "
-        "--backend {params.decoding[backend]} --seed {params.decoding[seed]} --threads {threads} "
+        "--backend {params.decoding[backend]} --seed {params.seed} --threads {threads} "
         "{params.runtime} > {log} 2>&1"
 
 
@@ -133,6 +135,8 @@ rule win_rate_matrix:
     output:
         csv="results/summary/win_rates.csv",
         se="results/summary/win_rates_se.csv",
+        hard="results/summary/win_rates_hard.csv",
+        hard_se="results/summary/win_rates_hard_se.csv",
         pairs="results/summary/win_rates_pairs.tsv",
         figure=report("results/summary/win_rates.png", caption="../report/win_rates.rst", category="Evaluation"),
     params:
@@ -148,7 +152,8 @@ rule win_rate_matrix:
     localrule: True
     shell:
         "linepo win-rates --spec {params.spec:q} --bootstrap {params.bootstrap} --seed {params.seed} "
-        "--csv {output.csv} --se-csv {output.se} --pairs {output.pairs} --figure {output.figure} > {log} 2>&1"
+        "--csv {output.csv} --se-csv {output.se} --hard-csv {output.hard} --hard-se-csv {output.hard_se} "
+        "--pairs {output.pairs} --figure {output.figure} > {log} 2>&1"
 
 
 CURVE_POINTS = [p for points in EVAL.curves.values() for p in points]
@@ -189,6 +194,7 @@ EXPLOITABILITY_OF = ({c.name: f"results/eval/exploitability/{c.policy}.json" for
 rule eval_summary:
     input:
         matrix="results/summary/win_rates.csv",
+        hard="results/summary/win_rates_hard.csv",
         generations=sorted({EVAL.generation_path(c.generation) for c in EVAL.checkpoints}),
         exploitability=sorted(set(EXPLOITABILITY_OF.values())),
     output:
@@ -204,7 +210,8 @@ rule eval_summary:
         "logs/eval/summary.log",
     localrule: True
     shell:
-        "linepo eval-summary --spec {params.spec:q} --matrix {input.matrix} --out {output} 2> {log}"
+        "linepo eval-summary --spec {params.spec:q} --matrix {input.matrix} --hard-matrix {input.hard} "
+        "--out {output} 2> {log}"
 
 
 EVAL_TARGETS = []

@@ -30,12 +30,6 @@ def flags(values, names):
     return " ".join(parts)
 
 
-def train_settings(step):
-    """The train command's settings: the step's loss and η (ητ), its training section, dtype."""
-    settings = {key: value for key, value in step.items() if key != "training"}
-    return json.dumps({**settings, **recipe_view(step["training"]), "dtype": POLICY["dtype"]}, sort_keys=True)
-
-
 # How many processes run a step comes from the GPUs its job gets (resources.<stage>.gpu, or a
 # profile's override) unless the config says: params that are callables of `resources` are
 # not tracked by Snakemake, so a new GPU count reruns nothing (sharded == unsharded output).
@@ -68,25 +62,71 @@ def checked(table, node_id, wildcards):
 
 # ---------------------------------------------------------------- SFT policy and prompts
 
+if POLICY["sft"] == "embedded":
 
-rule sft_embedded:
-    output:
-        directory("results/sft/{sft}/model"),
-    params:
-        embedded=POLICY["embedded"],
-        style_mix=" ".join(str(x) for x in POLICY["embedded"]["style_mix"]),
-    log:
-        "logs/sft/{sft}.log",
-    wildcard_constraints:
-        sft=ID,
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    shell:
-        "linepo embedded build --out {output} --steps {params.embedded[steps]} "
-        "--seed {params.embedded[seed]} --style-mix {params.style_mix} "
-        "--continuations {params.embedded[continuations]} > {log} 2>&1"
+    rule sft_embedded:
+        output:
+            directory("results/sft/{sft}/model"),
+        params:
+            embedded=POLICY["embedded"],
+            style_mix=" ".join(str(x) for x in POLICY["embedded"]["style_mix"]),
+        log:
+            "logs/sft/{sft}.log",
+        wildcard_constraints:
+            sft=ID,
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "linepo embedded build --out {output} --steps {params.embedded[steps]} "
+            "--seed {params.embedded[seed]} --style-mix {params.style_mix} "
+            "--continuations {params.embedded[continuations]} > {log} 2>&1"
+
+elif POLICY["sft"] == "build":
+
+    # Supervised fine-tuning of policy.build.base on chats (assistant turns only; linepo/sft.py),
+    # resumable from its side folder like the train rule.
+    rule sft_build:
+        output:
+            directory("results/sft/{sft}/model"),
+        params:
+            build=POLICY["build"],
+            settings=json.dumps({k: v for k, v in POLICY["build"].items()
+                                 if k not in ("base", "data", "split", "messages_column")}, sort_keys=True),
+            split=f"--split {POLICY['build']['split']}" if POLICY["build"]["split"] else "",
+            tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
+        log:
+            "logs/sft/{sft}.log",
+        wildcard_constraints:
+            sft=ID,
+        threads: 1
+        resources:
+            **RESOURCES["train"],
+        shell:
+            "linepo sft --base {params.build[base]:q} {params.tokenizer} --data {params.build[data]:q} {params.split} "
+            "--messages-column {params.build[messages_column]} --config-json {params.settings:q} {REMOTE_CODE} "
+            "--out {output} --resume-dir {output}.partial > {log} 2>&1"
+
+else:
+
+    # A configured SFT policy (a folder or a hub id, with an optional separate tokenizer) is
+    # imported once into results/sft/: every later job reads one local safetensors folder
+    # with its tokenizer and chat template. Where snakemake runs, like the prompt downloads.
+    rule sft_import:
+        output:
+            directory("results/sft/{sft}/model"),
+        params:
+            source=POLICY["sft"],
+            tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
+        log:
+            "logs/sft/{sft}.log",
+        wildcard_constraints:
+            sft=ID,
+        localrule: True
+        shell:
+            "linepo import-policy --source {params.source:q} {params.tokenizer} --dtype {POLICY[dtype]} "
+            "{REMOTE_CODE} --out {output} > {log} 2>&1"
 
 
 rule prompt_splits:
@@ -121,6 +161,21 @@ rule eval_prompts:
         "logs/prompts/eval-{prompts}.log",
     wildcard_constraints:
         prompts=ID,
+    shell:
+        "linepo prompts --source {params.prompts[source]:q} {params.flags} --out {output} > {log} 2>&1"
+
+
+rule validation_prompts:
+    output:
+        "results/prompts/val-{prompts}.parquet",
+    params:
+        prompts=config["validation"]["prompts"],
+        flags=flags(config["validation"]["prompts"], ["split", "prompt_column", "max_prompts", "name"]),
+    log:
+        "logs/prompts/val-{prompts}.log",
+    wildcard_constraints:
+        prompts=ID,
+    localrule: True
     shell:
         "linepo prompts --source {params.prompts[source]:q} {params.flags} --out {output} > {log} 2>&1"
 
@@ -227,11 +282,14 @@ rule train:
     input:
         parent=lambda wc: PLAN.policy_inputs(checked(PLAN.policies, wc.policy, wc).parent),
         scored=lambda wc: [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].scored],
+        validation=lambda wc: [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].validation],
     output:
         directory("results/policies/r{round}/s{split}/{policy}/model"),
     params:
         parent=lambda wc: PLAN.policy_dir(PLAN.policies[wc.policy].parent),
-        settings=lambda wc: train_settings(PLAN.policies[wc.policy].train),
+        settings=lambda wc: json.dumps(PLAN.train_settings(wc.policy), sort_keys=True),
+        validation=lambda wc: " ".join(["--validation"] + [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].validation])
+        if PLAN.policies[wc.policy].validation else "",
         launch=train_launch,
     log:
         "logs/policies/r{round}/s{split}/{policy}.log",
@@ -244,8 +302,9 @@ rule train:
         # Mid-step Trainer checkpoints live beside the declared output (Snakemake deletes
         # outputs before a job starts), so a rerun after a kill resumes from them. With more
         # than one GPU, linepo train checks its inputs and re-runs itself under accelerate launch.
-        "linepo train --policy {params.parent:q} --scored {input.scored} --config-json {params.settings:q} "
-        "{REMOTE_CODE} --out {output} --resume-dir {output}.partial {params.launch} > {log} 2>&1"
+        "linepo train --policy {params.parent:q} --scored {input.scored} {params.validation} "
+        "--config-json {params.settings:q} {REMOTE_CODE} --out {output} --resume-dir {output}.partial "
+        "{params.launch} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- per-run targets

@@ -214,6 +214,30 @@ def test_the_matrix_is_consistent_with_standard_errors(tmp_path):
     row0 = ev.matrix_csv(labels, m).splitlines()[1].split(",")
     assert float(row0[-1]) == pytest.approx(100 * m[0].mean(), abs=0.006)  # Avg: the row mean, diagonal in
     assert len(pairs) == 6 and all(p["prompts"] == 50 for p in pairs)
+    hard, hard_se = ev.pair_matrix(labels, pairs, "hard_win_rate"), ev.pair_matrix(labels, pairs, "hard_se")
+    assert np.all(np.diag(hard) == 0.5) and np.all(np.diag(hard_se) == 0)
+    assert np.all(hard + hard.T == 1.0) and np.allclose(hard_se, hard_se.T)  # 1, 0 and ½ add up exactly
+    assert np.all((hard_se[off] > 0.04) & (hard_se[off] < 0.1))  # SE of a mean of 50 coin flips ≈ 0.071
+    assert np.array_equal(ev.pair_matrix(labels, pairs, "win_rate"), m)
+
+
+def test_hard_win_rates_score_each_row_1_0_or_half_and_average_per_prompt():
+    import pyarrow as pa
+
+    # p0: 0.9 → 1; p1: an exact tie → ½; p2: 0.2 → 0; p3: two samples, 0.6 and 0.7 → 1.
+    values = {"p0": [0.9], "p1": [0.5], "p2": [0.2], "p3": [0.6, 0.7]}
+    rows = [(pid, k, v) for pid, vs in values.items() for k, v in enumerate(vs)]
+    table = pa.table({"prompt_id": [r[0] for r in rows], "sample_index": [r[1] for r in rows],
+                      "prob_a_first": [r[2] for r in rows], "prob_b_first": [1 - r[2] for r in rows],
+                      "prob_a_wins": [r[2] for r in rows], "failed": [False] * len(rows)})
+    assert [ev.hard_score(v) for v in (0.9, 0.5, 0.2, 0.5000001)] == [1.0, 0.5, 0.0, 1.0]
+    assert ev.per_prompt(table, hard=True) == {"p0": 1.0, "p1": 0.5, "p2": 0.0, "p3": 1.0}
+    row = ev.win_rate(table, a_is_row=True, resamples=200, seed=3)
+    column = ev.win_rate(table, a_is_row=False, resamples=200, seed=3)
+    assert row["hard_win_rate"] == 0.625 and column["hard_win_rate"] == 0.375
+    assert row["win_rate"] == pytest.approx((0.9 + 0.5 + 0.2 + 0.65) / 4)
+    assert row["hard_se"] == ev.bootstrap_se([1.0, 0.5, 0.0, 1.0], 200, 3) > 0
+    assert row["se"] == ev.bootstrap_se([0.9, 0.5, 0.2, 0.65], 200, 3)  # the soft SE as before
 
 
 def test_bootstrap_se_matches_the_analytic_standard_error():
@@ -251,7 +275,12 @@ for x, y in pairs:
 spec = {{"checkpoints": [{{"name": n, "label": n.upper(), "generation": n}} for n in ("sft", "a", "b")],
         "comparisons": {{f"{{x}}-{{y}}": {{"a": x, "b": y, "path": f"{{d}}/{{x}}-{{y}}.parquet"}} for x, y in pairs}}}}
 assert main(["win-rates", "--spec", json.dumps(spec), "--bootstrap", "100", "--csv", f"{{d}}/m.csv",
-             "--se-csv", f"{{d}}/se.csv", "--pairs", f"{{d}}/p.tsv", "--figure", f"{{d}}/m.png"]) == 0
+             "--se-csv", f"{{d}}/se.csv", "--hard-csv", f"{{d}}/h.csv", "--hard-se-csv", f"{{d}}/hse.csv",
+             "--pairs", f"{{d}}/p.tsv", "--figure", f"{{d}}/m.png"]) == 0
+summary = {{"checkpoints": [{{"name": n, "label": n.upper(), "generation": n, "policy": n}} for n in ("sft", "a", "b")],
+           "generations": {{n: f"{{d}}/{{n}}.parquet" for n in ("sft", "a", "b")}}, "exploitability": {{}}}}
+assert main(["eval-summary", "--spec", json.dumps(summary), "--matrix", f"{{d}}/m.csv", "--hard-matrix", f"{{d}}/h.csv",
+             "--out", f"{{d}}/evaluation.tsv"]) == 0
 print("IMPORTED", sorted(m for m in ("torch", "transformers") if m in sys.modules), file=sys.stderr)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -263,6 +292,31 @@ print("IMPORTED", sorted(m for m in ("torch", "transformers") if m in sys.module
     assert m[1, 2] == pytest.approx(100 * (0.2 + 0.9 + 0.9) / 3, abs=0.01)
     assert m[2, 1] == pytest.approx(100 - m[1, 2], abs=0.011) and m[0, 0] == 50
     assert (tmp_path / "m.png").stat().st_size > 1000
+    # Hard: A wins the two 0.9 prompts and loses the 0.2 one.
+    hard_labels, hard = ev.read_matrix_csv(tmp_path / "h.csv")
+    assert hard_labels == labels and hard[1, 2] == pytest.approx(200 / 3, abs=0.01) and hard[2, 1] == pytest.approx(100 / 3, abs=0.01)
+    assert (tmp_path / "h.csv").read_text().splitlines()[0].endswith(",Avg")
+    assert (tmp_path / "hse.csv").read_text().splitlines()[0] == "row/column,SFT,A,B"
+    header = (tmp_path / "p.tsv").read_text().splitlines()[0].split("\t")
+    assert header == ["row", "column", "win_rate", "se", "hard_win_rate", "hard_se", "prompts", "failed", "comparison"]
+    lines = [line.split("\t") for line in (tmp_path / "evaluation.tsv").read_text().splitlines()]
+    table = [dict(zip(lines[0], line)) for line in lines[1:]]
+    a = next(r for r in table if r["label"] == "A")
+    assert float(a["avg_hard_win_rate"]) == pytest.approx(np.mean(hard[1]) / 100, abs=1e-4)
+    assert float(a["worst_hard_win_rate"]) == pytest.approx(min(hard[1, 0], hard[1, 2]) / 100, abs=1e-4)
+    assert float(a["avg_win_rate"]) == pytest.approx(np.mean(m[1]) / 100, abs=1e-4)
+
+
+def test_eval_summary_names_a_missing_hard_matrix_in_one_line(tmp_path, capsys):
+    from linepo.cli import main
+
+    (tmp_path / "m.csv").write_text(ev.matrix_csv(["SFT"], np.full((1, 1), 0.5)))
+    spec = {"checkpoints": [{"name": "sft", "label": "SFT", "generation": "g", "policy": "p"}], "generations": {}}
+    code = main(["eval-summary", "--spec", json.dumps(spec), "--matrix", str(tmp_path / "m.csv"),
+                 "--hard-matrix", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "e.tsv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--hard-matrix" in err and "nope.csv" in err
+    assert not (tmp_path / "e.tsv").exists()
 
 
 # ----------------------------------------------------------------------------- AlpacaEval

@@ -65,6 +65,11 @@ def test_snakemake_alone_writes_the_matrix_curves_tables_and_exports(workdir):
     assert columns == LABELS + ["Avg"] and rows == LABELS
     se_columns, _, se = read_csv(summary / "win_rates_se.csv")
     assert se_columns == LABELS and se.shape == (4, 4)
+    hard_columns, hard_rows, hard = read_csv(summary / "win_rates_hard.csv")
+    assert hard_columns == LABELS + ["Avg"] and hard_rows == LABELS
+    assert read_csv(summary / "win_rates_hard_se.csv")[0] == LABELS
+    pairs = read_tsv(summary / "win_rates_pairs.tsv")
+    assert len(pairs) == 12 and {"win_rate", "se", "hard_win_rate", "hard_se"} <= set(pairs[0])
     for figure in ("win_rates.png", "curves.png"):
         assert (summary / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = read_tsv(summary / "curves.tsv")
@@ -73,9 +78,12 @@ def test_snakemake_alone_writes_the_matrix_curves_tables_and_exports(workdir):
     assert float(points[0]["win_rate_vs_sft"]) == 0.5 and all(float(p["avg_tokens"]) > 0 for p in points)
     table = read_tsv(summary / "evaluation.tsv")
     assert [r["label"] for r in table] == LABELS
-    for row, values in zip(table, m):
+    for row, values, hard_values in zip(table, m, hard):
         assert float(row["avg_win_rate"]) == pytest.approx(values[-1] / 100, abs=1e-4)
         assert float(row["worst_win_rate"]) == pytest.approx(min(np.delete(values[:-1], LABELS.index(row["label"]))) / 100, abs=1e-4)
+        assert float(row["avg_hard_win_rate"]) == pytest.approx(hard_values[-1] / 100, abs=1e-4)
+        others = np.delete(hard_values[:-1], LABELS.index(row["label"]))
+        assert float(row["worst_hard_win_rate"]) == pytest.approx(min(others) / 100, abs=1e-4)
         assert 0 <= float(row["exploitability"]) <= 0.5 and "brief" in row["category_distribution"]
     for name in ("sft", "dpo", "inpo_r1", "inpo"):
         records = json.loads((workdir / f"results/eval/alpaca_eval/{name}/model_outputs.json").read_text())
@@ -91,6 +99,27 @@ def test_the_matrix_is_consistent(workdir):
     assert np.allclose(m + m.T, 100.0, atol=0.011)  # within rounding to 2 decimals
     off = ~np.eye(4, dtype=bool)
     assert np.all(np.isfinite(se[off]) & (se[off] >= 0)) and np.allclose(se, se.T)
+    _, _, hard = read_csv(workdir / "results/summary/win_rates_hard.csv")
+    _, _, hard_se = read_csv(workdir / "results/summary/win_rates_hard_se.csv")
+    hard = hard[:, :-1]
+    assert np.all(np.diag(hard) == 50.0) and np.all(np.diag(hard_se) == 0)
+    assert np.allclose(hard + hard.T, 100.0, atol=0.011) and np.allclose(hard_se, hard_se.T)
+    # Each row scores 1, 0 or ½ and a prompt has 2 samples: every rate is a multiple of ¼ / 16 prompts.
+    assert np.allclose(hard * 64 / 100, np.round(hard * 64 / 100), atol=0.01)
+
+
+def test_regenerating_the_evaluation_gives_byte_identical_files(workdir):
+    """Every eval generation and comparison rerun: the same bytes (seeds come from ids)."""
+    files = sorted((workdir / "results/eval/generations").glob("*.parquet"))
+    files += sorted((workdir / "results/eval/comparisons").glob("*.parquet"))
+    files += [workdir / "results/summary" / name for name in
+              ("win_rates.csv", "win_rates_se.csv", "win_rates_hard.csv", "win_rates_hard_se.csv",
+               "win_rates_pairs.tsv", "curves.tsv", "evaluation.tsv")]
+    before = {path: path.read_bytes() for path in files}
+    result = snakemake(workdir, "--cores", "2", "--forcerun", "eval_generate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rule eval_generate" in result.stdout + result.stderr
+    assert {path: path.read_bytes() for path in files} == before
 
 
 def test_adding_a_run_plans_only_its_generations_and_its_row_and_column(workdir):

@@ -117,6 +117,47 @@ def test_the_paper_config_plans_without_downloading(tmp_path):
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "-n", "--configfile", "configs/paper.yaml", "--replace-workflow-config")
     assert result.returncode == 0, result.stderr[-2000:]
-    rules = [rule for rule, _ in planned_jobs(result.stdout)]
-    assert rules.count("train") == 44 and rules.count("sample") == 45
+    jobs = planned_jobs(result.stdout)
+    rules = [rule for rule, _ in jobs]
+    # 45 training samples, plus held-out (validation) samples of each of the 40 distinct
+    # policies being updated (SFT, 17 more each for iter_ipo and inpo, LINE-PO's last 5).
+    held_out = [w for rule, w in jobs if rule == "sample" and w["split"] == "val"]
+    assert rules.count("train") == 44 and rules.count("sample") == 45 + 40 and len(held_out) == 40
+    assert rules.count("sft_import") == 1 and rules.count("validation_prompts") == 1
     assert "synthetic_trajectory" not in rules
+
+
+def test_round_overrides_apply_to_one_round_or_from_a_round_on():
+    from linepo.plan import round_override
+
+    run = {"round_overrides": {"2+": {"eta": 100.0, "training": {"epochs": 2}}, "3": {"training": {"epochs": 5}},
+                               "4+": {"eta_tau": 0.5}}}
+    assert round_override(run, 1) == {}
+    assert round_override(run, 2) == {"eta": 100.0, "training": {"epochs": 2}}
+    assert round_override(run, 3) == {"eta": 100.0, "training": {"epochs": 5}}  # its own entry wins
+    assert round_override(run, 5) == {"eta": 100.0, "eta_tau": 0.5, "training": {"epochs": 2}}
+    plan = plan_of(lambda c: c["runs"]["linepo"].update(round_overrides={"2+": {"eta": 8.0}}))
+    etas = {(s.round, plan.policies[s.policy].train["eta"]) for s in plan.runs["linepo"]}
+    assert etas == {(1, 4.0), (2, 8.0), (3, 8.0)}
+
+
+def test_an_imported_sft_policy_is_a_local_folder_for_every_job():
+    plan = plan_of(lambda c: c["policy"].update(sft="Qwen/Qwen2-1.5B", tokenizer="Qwen/Qwen2-1.5B"))
+    assert plan.policy_dir(plan.sft) == f"results/sft/{plan.sft}/model" == plan.policy_inputs(plan.sft)[0]
+    other = plan_of(lambda c: c["policy"].update(sft="Qwen/Qwen2-1.5B"))
+    assert other.sft != plan.sft  # the tokenizer is part of the SFT node's recipe
+
+
+def test_validation_adds_held_out_nodes_per_step_and_new_train_ids():
+    off = plan_of()
+    on = plan_of(lambda c: c.update(validation={"enabled": True, "prompts": {"source": "embedded", "split": "eval"}}))
+    from_sft = {sid for sid, node in off.samples.items() if node.policy == off.sft}
+    assert from_sft < set(on.samples)  # the SFT policy's training samples are the same nodes
+    held_out = [n for n in on.samples.values() if n.split == "val"]
+    trained = [n for n in on.policies.values() if not n.is_sft]
+    assert len(held_out) == len({n.parent for n in trained})  # one per policy being updated
+    for node in trained:
+        (scored,) = node.validation
+        assert on.scored[scored].reference == node.reference and on.scored[scored].anchor == node.parent
+        assert on.train_settings(node.id)["eval_steps"] == 500 and on.train_settings(node.id)["select_best"]
+    assert not set(off.policies) - {off.sft} & set(on.policies)

@@ -144,26 +144,33 @@ def test_ties_identical_texts_and_failures_are_dropped_and_counted():
         "same": ["dup", "dup", "other"],
         "half failed": ["u", "v", "w"],
         "all failed": ["s", "t"],
+        "one text": ["x", "x"],
     })
     table = judgments([
         ("p0", 0, 1, 0.5, 1, False), ("p0", 0, 2, 0.5, 0, False), ("p0", 1, 2, 0.5, 1, False),
-        # dup vs dup is a tie, and both beat "other": best and second best are the same text.
-        ("p1", 0, 1, 0.5, 1, False), ("p1", 0, 2, 0.9, 1, False), ("p1", 1, 2, 0.9, 1, False),
+        # dup vs dup says nothing; dup beats "other" on both of its comparisons.
+        ("p1", 0, 1, 0.5, 1, False), ("p1", 0, 2, 0.9, 1, False), ("p1", 1, 2, 0.8, 1, False),
         ("p2", 0, 1, None, None, True), ("p2", 0, 2, 0.7, 1, False), ("p2", 1, 2, 0.2, 0, False),
         ("p3", 0, 1, None, None, True),
+        ("p4", 0, 1, 0.5, 1, False),
     ])
     rows, stats = select_preferences(groups, table, selection="first_vs_second")
     assert stats == {
-        "prompts": 4, "pairs": 1, "comparisons_used": 8, "failed_comparisons": 2,
+        "prompts": 5, "pairs": 2, "comparisons_used": 9, "failed_comparisons": 2,
         "dropped_too_few_scored": 1, "dropped_tied_scores": 1, "dropped_identical_texts": 1,
+        "merged_duplicate_samples": 2,
     }
+    # Distinct texts are ranked (as the paper's code does): "dup" (samples 0 and 1) is one
+    # candidate scored on its comparisons with other texts, so the prompt keeps a pair.
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("dup", "other"), ("u", "w")]
+    assert (rows[0]["chosen_index"], rows[0]["rejected_index"]) == (0, 2)
+    assert rows[0]["chosen_win_rate"] == pytest.approx((0.9 + 0.8) / 2)
+    assert rows[0]["rejected_win_rate"] == pytest.approx((0.1 + 0.2) / 2)
     # half failed: u beats w (0.7); v: 0.2 vs w; u scored on one comparison only (the failed one is left out).
-    assert [(r["chosen"], r["rejected"]) for r in rows] == [("u", "w")]
-    assert rows[0]["chosen_win_rate"] == pytest.approx(0.7)
-    assert rows[0]["rejected_win_rate"] == pytest.approx((0.3 + 0.8) / 2)
-    # best_vs_worst on "same" picks dup vs other: kept.
+    assert rows[1]["chosen_win_rate"] == pytest.approx(0.7)
+    assert rows[1]["rejected_win_rate"] == pytest.approx((0.3 + 0.8) / 2)
     rows, stats = select_preferences(groups, table, selection="best_vs_worst")
-    assert stats["dropped_identical_texts"] == 0 and ("dup", "other") in [(r["chosen"], r["rejected"]) for r in rows]
+    assert ("dup", "other") in [(r["chosen"], r["rejected"]) for r in rows]
 
 
 def test_judgments_that_do_not_match_the_samples_are_rejected():

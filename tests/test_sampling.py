@@ -265,11 +265,13 @@ def test_vllm_backend_maps_settings(unigram, monkeypatch):
 
         def generate(self, inputs, params, use_tqdm=True):
             calls["inputs"], calls["params"] = inputs, params
-            completion = lambda k: types.SimpleNamespace(  # noqa: E731
-                text=f"Sure, {k}", token_ids=[1] * (k + 1), finish_reason="stop" if k else "length"
+            eos = calls["eos"]
+            completion = lambda k: types.SimpleNamespace(  # noqa: E731  (vLLM keeps the stop token last)
+                text=f"Sure, {k}", token_ids=[1] * k + [eos] if k else [1], finish_reason="stop" if k else "length"
             )
             return [types.SimpleNamespace(outputs=[completion(k) for k in range(p.kwargs["n"])]) for p in params]
 
+    calls["eos"] = load_policy(unigram, device="cpu")[1].eos_token_id
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     settings = SamplerSettings(
         n=2, temperature=0.7, top_p=0.9, max_new_tokens=33, seed=5, backend="vllm", tensor_parallel_size=2
@@ -279,11 +281,12 @@ def test_vllm_backend_maps_settings(unigram, monkeypatch):
     assert calls["llm"]["tensor_parallel_size"] == 2 and calls["llm"]["seed"] == 5
     assert calls["llm"]["model"] == str(unigram) and calls["llm"]["dtype"] == "bfloat16"
     expected = [
-        {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 33, "seed": row_seed(5, p["prompt_id"])}
+        {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 33, "seed": row_seed(5, p["prompt_id"]),
+         "stop_token_ids": [calls["eos"]]}  # no chat template: the stop tokens are the EOS alone
         for p in PROMPTS[:3]
     ]
     assert [p.kwargs for p in calls["params"]] == expected
     assert calls["inputs"][0]["prompt_token_ids"][-1] == sampler.tokenizer.convert_tokens_to_ids(embedded.ASSISTANT)
-    first_two = [(r["sample_index"], r["num_tokens"], r["finish_reason"]) for r in rows[:2]]
-    assert first_two == [(0, 1, "length"), (1, 2, "stop")]
+    first_two = [(r["sample_index"], r["num_tokens"], r["finish_reason"], r["stop_token_id"]) for r in rows[:2]]
+    assert first_two == [(0, 1, "length", None), (1, 2, "stop", calls["eos"])]
     assert json.loads(rows[0]["sampler_settings"])["backend"] == "vllm"

@@ -134,7 +134,8 @@ def test_launch_command_uses_the_accelerate_config(data, tmp_path):
 
     config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
     args = Namespace(policy="p", scored=[Path("a.parquet"), Path("b.parquet")], out=Path("o"),
-                     resume_dir=Path("o.partial"), num_processes=4, accelerate_config=config)
+                     resume_dir=Path("o.partial"), num_processes=4, accelerate_config=config,
+                     validation=[Path("v.parquet")])
     command = launch_command(args, TrainSettings(batch_size=32), port=12345)
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--config_file") + 1] == str(config) and "--multi_gpu" not in command
@@ -143,6 +144,7 @@ def test_launch_command_uses_the_accelerate_config(data, tmp_path):
     tail = command[command.index("linepo.cli") + 1:]
     assert tail[:2] == ["train", "--policy"] and tail[-2:] == ["--num-processes", "4"]
     assert json.loads(tail[tail.index("--config-json") + 1])["batch_size"] == 32
+    assert tail[tail.index("--validation") + 1] == "v.parquet"  # every process evaluates the held-out pairs
     plain = launch_command(Namespace(**{**vars(args), "accelerate_config": None}), TrainSettings(), port=1)
     assert "--multi_gpu" in plain and "--config_file" not in plain
 

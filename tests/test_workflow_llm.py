@@ -117,3 +117,27 @@ def test_sigkill_mid_training_then_rerun_incomplete_matches_an_uninterrupted_run
     assert resumed > 0, log[-2000:]
     assert sha256_tree(interrupted / "results") == sha256_tree(reference / "results")
     assert not list(interrupted.glob("results/policies/**/model.partial"))
+
+
+def test_validation_pairs_are_their_own_nodes_and_pick_each_steps_checkpoint(tmp_path):
+    """validation.enabled: every step samples, judges and scores held-out prompts with the policy
+    being updated (split "val"), and its trainer keeps the lowest-validation-loss checkpoint."""
+    overrides = {"validation": {"enabled": True, "prompts": {"source": "embedded", "split": "eval", "max_prompts": 8},
+                                "eval_steps": 1},
+                 "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 1}},
+                 "evaluation": {"enabled": False}}
+    directory = tiny_workflow(tmp_path / "validated", **overrides)
+    jobs = dry_run(directory)
+    val_jobs = sorted((rule, w["split"]) for rule, w in jobs if w.get("split") == "val")
+    assert val_jobs == sorted([(rule, "val") for rule in ("sample", "judge", "pairs", "score") for _ in range(2)])
+    assert ("validation_prompts", {"prompts": next(w["prompts"] for r, w in jobs if r == "validation_prompts")}) in jobs
+    result = snakemake(directory, "results/runs/inpo/steps.tsv", "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for model in sorted(directory.glob("results/policies/r1/s*/*/model")):
+        summary = yaml.safe_load((model / "linepo_selection.json").read_text())
+        losses = dict(summary["history"])
+        assert summary["select_best"] and summary["selected_step"] == min(losses, key=losses.get)
+        assert summary["final_step"] == max(losses)  # the last step is always a candidate
+    assert len(list(directory.glob("results/scored/r1/sval/*.parquet"))) == 2
+    again = snakemake(directory, "-n", "results/runs/inpo/steps.tsv")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -28,6 +28,7 @@ line and writes no policy. Stats (tokens/s, steps) go to stdout as JSON.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ _FLAG_FIELDS = {
     "lr_scheduler_type": "lr_scheduler_type", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
     "max_length": "max_length", "seed": "seed", "bf16": "bf16", "save_steps": "save_steps",
     "logging_steps": "logging_steps", "deepspeed": "deepspeed", "fsdp": "fsdp", "trust_remote_code": "trust_remote_code",
+    "max_grad_norm": "max_grad_norm", "master_dtype": "master_dtype", "eval_steps": "eval_steps",
+    "select_best": "select_best",
 }
 
 
@@ -52,6 +55,12 @@ def register(subparsers) -> None:
     parser.add_argument("--policy", required=True, help="the parent policy folder (or hub id) to start from")
     parser.add_argument("--scored", required=True, nargs="+", type=Path, help="scored parquet file(s), in order")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the trained policy to")
+    parser.add_argument("--validation", nargs="+", type=Path, default=[],
+                        help="scored held-out pairs: validation loss every --eval-steps and at each epoch's end; "
+                             "the lowest-loss checkpoint is kept (unless --no-select-best)")
+    parser.add_argument("--eval-steps", type=int, default=None, help="with --validation; default 500")
+    parser.add_argument("--select-best", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --validation: keep the lowest-validation-loss checkpoint (default) or the last")
     parser.add_argument("--resume-dir", required=True, type=Path,
                         help="side folder for resume checkpoints, outside --out (e.g. OUT.partial)")
     parser.add_argument("--loss", choices=LOSSES, default=None, help="default inpo")
@@ -64,7 +73,10 @@ def register(subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
     parser.add_argument("--lr-scheduler-type", default=None, help="default linear")
     parser.add_argument("--warmup-ratio", type=float, default=None, help="default 0")
-    parser.add_argument("--weight-decay", type=float, default=None, help="default 0")
+    parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay; default 0")
+    parser.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping, 0: none; default 1")
+    parser.add_argument("--master-dtype", choices=["float32", "bfloat16"], default=None,
+                        help="dtype of the weights AdamW updates and saves; default float32 (bf16 autocast is --bf16)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per sequence; default 512")
     parser.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument("--bf16", choices=["auto", "true", "false"], default=None,
@@ -125,7 +137,8 @@ def run(args) -> int:
     if launched is not None and args.num_processes is not None and launched != str(args.num_processes):
         raise InputError(f"--num-processes {args.num_processes}: but launched with WORLD_SIZE={launched}")
     try:
-        stats = train_policy(args.policy, args.scored, args.out, resume_dir=args.resume_dir, settings=settings)
+        stats = train_policy(args.policy, args.scored, args.out, resume_dir=args.resume_dir, settings=settings,
+                             validation=args.validation)
     except NonFiniteLossError as err:
         if is_main_process():
             print(f"linepo train: error: {err}", file=sys.stderr)
@@ -156,6 +169,11 @@ def check_inputs(args, settings) -> None:
     if out == side or side.is_relative_to(out) or out.is_relative_to(side):
         raise InputError(f"--resume-dir {args.resume_dir}: must lie outside --out {args.out} (and not contain it)")
     read_scored(args.scored)
+    for path in args.validation:
+        if not Path(path).is_file():
+            raise InputError(f"--validation {path}: file not found")
+    if args.validation:
+        read_scored(args.validation, option="--validation")
     resolve_policy(args.policy)
 
 
@@ -169,6 +187,7 @@ def launch_command(args, settings, *, port: int) -> list[str]:
         # DDP through torchrun; on CPU too (the Trainer then joins a gloo group with use_cpu).
         command += ["--multi_gpu", "--mixed_precision", "no"]
     command += ["-m", "linepo.cli", "train", "--policy", str(args.policy), "--scored", *map(str, args.scored),
+                *(["--validation", *map(str, args.validation)] if args.validation else []),
                 "--out", str(args.out), "--resume-dir", str(args.resume_dir),
                 "--config-json", json.dumps(settings.to_dict(), sort_keys=True),
                 "--num-processes", str(args.num_processes)]

@@ -3,9 +3,10 @@ Figure 3's curves, the summary table and the AlpacaEval export. Model-free (torc
 for an LM judge), so each job starts in well under a second.
 
     linepo compare --a a.parquet --b b.parquet --judge-config '{"type": "synthetic"}' --out ab.parquet
-    linepo win-rates --spec SPEC --csv M.csv --se-csv SE.csv --pairs P.tsv --figure M.png
+    linepo win-rates --spec SPEC --csv M.csv --se-csv SE.csv --hard-csv H.csv --hard-se-csv HSE.csv \
+        --pairs P.tsv --figure M.png
     linepo eval-curves --spec SPEC --tsv curves.tsv --figure curves.png
-    linepo eval-summary --spec SPEC --matrix M.csv --out evaluation.tsv
+    linepo eval-summary --spec SPEC --matrix M.csv --hard-matrix H.csv --out evaluation.tsv
     linepo alpaca-export --generations g.parquet --prompts eval.parquet --generator LINE-PO --out model_outputs.json
 
 SPEC is inline JSON written by the workflow (see rules/evaluate.smk for its shape).
@@ -35,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--se-csv", required=True, type=Path)
+    p.add_argument("--hard-csv", type=Path, help="the hard win-rate matrix (rows scored 1/0/½), with Avg")
+    p.add_argument("--hard-se-csv", type=Path, help="its bootstrap standard errors")
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--figure", required=True, type=Path)
     p.set_defaults(func=run_win_rates)
@@ -52,6 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--spec", required=True, help='JSON: {"checkpoints": [{name, label, policy, generation}], '
                                                   '"generations": {id: path}, "exploitability": {name: path}}')
     p.add_argument("--matrix", required=True, type=Path, help="the win-rates CSV")
+    p.add_argument("--hard-matrix", type=Path, help="the hard win-rates CSV: adds avg/worst_hard_win_rate")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_summary)
 
@@ -97,6 +101,10 @@ def run_win_rates(args) -> int:
                                               seed=args.seed)
     heatmap(labels, m, se, args.figure)
     ev.write_text(args.se_csv, ev.matrix_csv(labels, se, avg=False))
+    if args.hard_se_csv:
+        ev.write_text(args.hard_se_csv, ev.matrix_csv(labels, ev.pair_matrix(labels, pairs, "hard_se"), avg=False))
+    if args.hard_csv:
+        ev.write_text(args.hard_csv, ev.matrix_csv(labels, ev.pair_matrix(labels, pairs, "hard_win_rate")))
     ev.write_text(args.pairs, ev.tsv(pairs))
     text = ev.matrix_csv(labels, m)
     ev.write_text(args.csv, text)  # last: the file the next rules wait for
@@ -123,10 +131,18 @@ def run_summary(args) -> int:
     from linepo.schemas import read_table
 
     spec = _spec(args.spec)
-    labels, values = ev.read_matrix_csv(args.matrix)
     names = [c["label"] for c in spec["checkpoints"]]
-    if labels != names:
-        raise InputError(f"--matrix {args.matrix}: rows {labels} are not the checkpoints {names}")
+    matrices = {}
+    for flag, path in (("--matrix", args.matrix), ("--hard-matrix", args.hard_matrix)):
+        if path is None:
+            continue
+        try:
+            labels, values = ev.read_matrix_csv(path)
+        except FileNotFoundError:
+            raise InputError(f"{flag} {path}: file not found") from None
+        if labels != names:
+            raise InputError(f"{flag} {path}: rows {labels} are not the checkpoints {names}")
+        matrices[flag] = values / 100.0
     lengths = {g: ev.mean_length(read_table(path, "samples")) for g, path in spec["generations"].items()}
     reports = {}
     for name, path in (spec.get("exploitability") or {}).items():
@@ -134,7 +150,8 @@ def run_summary(args) -> int:
             reports[name] = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
-    rows = ev.summary_rows(labels, values / 100.0, spec["checkpoints"], lengths, reports)
+    rows = ev.summary_rows(names, matrices["--matrix"], spec["checkpoints"], lengths, reports,
+                           hard=matrices.get("--hard-matrix"))
     text = ev.tsv(rows)
     ev.write_text(args.out, text)
     print(text, end="", file=sys.stderr)
