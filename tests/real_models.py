@@ -352,11 +352,11 @@ def tiny_causal_lm(tokenizer, arch: str = "qwen2", seed: int = 0, *, tie: bool |
     return cls(config).eval()
 
 
-def fixed_distribution_lm(tokenizer, logits: dict[int, float], arch: str = "qwen2", floor: float = -30.0):
+def fixed_distribution_lm(tokenizer, logits, arch: str = "qwen2", floor: float = -30.0):
     """A causal LM whose next-token distribution is the same at every position, set exactly.
 
     The distribution is softmax over the vocabulary of ``logits[i]`` for the given token ids
-    and ``floor`` for all others: tests can then predict finish reasons and sampling
+    (a dict) and ``floor`` for all others, or of a full-vocabulary logits tensor: tests can then predict finish reasons and sampling
     frequencies. How: attention and MLP outputs are zero (``o_proj``, ``down_proj``), so the
     residual stream stays the token embedding, and every embedding is e_0, so the final
     RMSNorm gives e_0 / sqrt(1/d + eps) everywhere; the untied ``lm_head`` then reads the
@@ -365,12 +365,17 @@ def fixed_distribution_lm(tokenizer, logits: dict[int, float], arch: str = "qwen
     import torch
 
     vocab = len(tokenizer)
-    bad = [i for i in logits if not 0 <= int(i) < vocab]
-    if bad:
-        raise ValueError(f"logits: token ids {bad} outside the vocabulary (0..{vocab - 1})")
-    target = torch.full((vocab,), float(floor), dtype=torch.float64)
-    for token_id, value in logits.items():
-        target[int(token_id)] = float(value)
+    if isinstance(logits, torch.Tensor):  # every token's logit at once
+        if logits.shape != (vocab,):
+            raise ValueError(f"logits: shape {tuple(logits.shape)}, the vocabulary has {vocab} tokens")
+        target = logits.to(torch.float64)
+    else:
+        bad = [i for i in logits if not 0 <= int(i) < vocab]
+        if bad:
+            raise ValueError(f"logits: token ids {bad} outside the vocabulary (0..{vocab - 1})")
+        target = torch.full((vocab,), float(floor), dtype=torch.float64)
+        for token_id, value in logits.items():
+            target[int(token_id)] = float(value)
 
     model = tiny_causal_lm(tokenizer, arch, seed=0, hidden_size=16, intermediate_size=32, tie=False)
     d, eps = model.config.hidden_size, model.config.rms_norm_eps

@@ -5,9 +5,8 @@ quantity.
 
     HF_HUB_OFFLINE=1 python -m pytest -q tests/test_eval_independence.py
 
-Policies here are "fixed-distribution" tiny Qwen2 models (as tests/test_sampling.py's
-unigram fixture): attention and MLP outputs are zero, so every position has the same
-next-token distribution, set through lm_head; with ``max_new_tokens=1`` a response is one
+Policies here are "fixed-distribution" tiny Qwen2 models (tests/real_models.py): every
+position has the same next-token distribution; with ``max_new_tokens=1`` a response is one
 token drawn from it.
 """
 
@@ -33,6 +32,8 @@ from workflow_utils import REPO, planned_jobs, snakemake, tiny_config, workflow_
 
 torch = pytest.importorskip("torch")
 
+from real_models import fixed_distribution_lm  # noqa: E402
+
 from linepo.sampling import SamplerSettings, TransformersSampler  # noqa: E402
 
 ROWS = (40, 25)  # prompts × samples per prompt: 1000 comparison rows
@@ -47,21 +48,8 @@ def tokenizer(tmp_path_factory):
 def fixed_policy(tokenizer, probs: dict[int, float]):
     """A model whose next-token distribution is ``probs`` (token id → p) everywhere; every
     other token (EOS included) gets e^-30 relative to the largest."""
-    model = embedded.init_model(tokenizer, 0, **embedded.TINY_SIZE | {"hidden_size": 16})
-    model.config.tie_word_embeddings = False
-    model = type(model)(model.config)  # untied lm_head
+    model = fixed_distribution_lm(tokenizer, {token: math.log(p) for token, p in probs.items()})
     model.generation_config = embedded.init_model(tokenizer).generation_config
-    logits = torch.full((len(tokenizer),), -30.0)
-    for token, p in probs.items():
-        logits[token] = math.log(p)
-    with torch.no_grad():
-        for layer in model.model.layers:  # the residual stream stays the token embedding
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.model.embed_tokens.weight[:, 0] = 1.0  # RMSNorm makes it sqrt(d) * e0
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[:, 0] = logits / math.sqrt(model.config.hidden_size)
     return model.eval()
 
 

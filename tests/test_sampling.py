@@ -57,21 +57,12 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def unigram(tmp_path_factory):
     """Folder of a policy whose next-token distribution is softmax(unigram_logits) everywhere."""
+    from real_models import fixed_distribution_lm
+
     path = tmp_path_factory.mktemp("policy") / "unigram"
     _, tokenizer = embedded.build_random(path)
-    model = embedded.init_model(tokenizer, 0, **embedded.TINY_SIZE | {"hidden_size": 16})
-    model.config.tie_word_embeddings = False
-    model = type(model)(model.config)  # untied lm_head
+    model = fixed_distribution_lm(tokenizer, unigram_logits(len(tokenizer), tokenizer.eos_token_id))
     model.generation_config = embedded.init_model(tokenizer).generation_config
-    with torch.no_grad():
-        for layer in model.model.layers:  # the residual stream stays the token embedding
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.model.embed_tokens.weight[:, 0] = 1.0  # RMSNorm makes it sqrt(d) * e0
-        model.lm_head.weight.zero_()
-        d = model.config.hidden_size
-        model.lm_head.weight[:, 0] = unigram_logits(len(tokenizer), tokenizer.eos_token_id) / math.sqrt(d)
     save_policy(model.eval(), tokenizer, path)
     return path
 
