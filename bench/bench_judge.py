@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from linepo.judges import OFFSETBIAS_USER_TEMPLATE, _batches, make_judge  # noqa: E402
+from linepo.stages.judges import OFFSETBIAS_USER_TEMPLATE, _batches, make_judge  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"

@@ -33,9 +33,9 @@ def main() -> None:
 
     import torch
 
-    from linepo import embedded
-    from linepo.models import encode_prompt, load_policy, save_policy
-    from linepo.sampling import SamplerSettings, TransformersSampler
+    from linepo.toy import world as embedded
+    from linepo.stages.models import encode_prompt, load_policy, save_policy
+    from linepo.stages.sampling import SamplerSettings, TransformersSampler
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,11 +1,11 @@
-"""Throughput of the training stage (`linepo.training`, on transformers' Trainer) vs a bare PyTorch loop.
+"""Throughput of the training stage (`linepo.stages.training`, on transformers' Trainer) vs a bare PyTorch loop.
 
     HF_HUB_OFFLINE=1 python bench/bench_train.py                          # CPU, small random Qwen2
     HF_HUB_OFFLINE=1 python bench/bench_train.py --device cuda --hidden 1024 --layers 8 \\
         --pairs 512 --batch-size 16
 
 A random Qwen2 with the embedded BPE tokenizer is built in a temp folder (nothing is
-downloaded), synthetic pairs are scored with ``linepo.scoring`` and the stage runs end to
+downloaded), synthetic pairs are scored with ``linepo.stages.scoring`` and the stage runs end to
 end through ``train_policy`` (data loading, collation, Trainer loop, loss, optimizer,
 scheduler, clipping, logging; checkpointing off unless --save-steps is given; the final
 save is not timed). The exact batches the stage trained on are recorded and replayed by
@@ -30,12 +30,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import linepo.training as training  # noqa: E402
-from linepo import embedded  # noqa: E402
+import linepo.stages.training as training  # noqa: E402
+from linepo.toy import world as embedded  # noqa: E402
 
 
 def build_policy(path: Path, hidden: int, layers: int, seed: int = 0):
-    from linepo.models import save_policy
+    from linepo.stages.models import save_policy
 
     examples = embedded.corpus(num_prompts=60, seed=seed)
     tokenizer = embedded.train_tokenizer([e["prompt"] for e in examples] + [e["response"] for e in examples])
@@ -51,7 +51,7 @@ def make_scored(root: Path, policy: Path, pairs: int) -> Path:
     import numpy as np
 
     from linepo.schemas import write_table
-    from linepo.scoring import score_preferences
+    from linepo.stages.scoring import score_preferences
 
     rng = np.random.default_rng(0)
     prompts = embedded.prompts("train")
@@ -94,7 +94,7 @@ def run_bare(policy: Path, batches: list, settings, device: str) -> dict:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from linepo.models import load_policy
+    from linepo.stages.models import load_policy
 
     model, _ = load_policy(policy, dtype=settings.dtype, device=device)
     training._disable_dropout(model)

@@ -1,5 +1,5 @@
 """Preference-optimisation losses on *sequence* log-probabilities, shared by the tabular
-games (:mod:`linepo.sampled`) and the LLM trainer.
+games (:mod:`linepo.games.sampled`) and the LLM trainer.
 
 Every loss takes summed response log-probs ``log π(y|x)`` as tensors of shape (B,) and
 returns per-example losses of shape (B,); callers reduce (mean or weighted mean). A tabular

@@ -1,7 +1,7 @@
 # Config validation and helpers shared by all rule files. Logic lives in linepo/.
 import sys
 
-from linepo.config import validate_config
+from linepo.workflow.config import validate_config
 from linepo.errors import InputError
 
 try:
@@ -16,7 +16,7 @@ WILDCARD_NAME = "[A-Za-z0-9_]+"
 # Per-stage job resources from config["resources"] (gpu, mem_mb, runtime growing with each
 # retry, the GPU model for GPU jobs): a rule asks for them with `resources: **RESOURCES["train"]`;
 # profiles/slurm adds partition, account and CPUs per GPU.
-from linepo.cluster import STAGES, stage_resources
+from linepo.workflow.cluster import STAGES, stage_resources
 
 RESOURCES = {stage: stage_resources(config, stage) for stage in STAGES}
 

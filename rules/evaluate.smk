@@ -48,13 +48,13 @@ if SYNTHETIC_JUDGE and PLAN.runs:
 
 # ---------------------------------------------------------------- win rates (Table 2, Figure 3)
 # Checkpoints (SFT, every run's final policy, evaluation.checkpoints) answer the eval prompts;
-# every pair is judged in both orders by the eval judge. Ids from linepo.evalplan: a
+# every pair is judged in both orders by the eval judge. Ids from linepo.workflow.evalplan: a
 # generation is keyed by policy × eval prompts × decoding (and seeded by its id, so no two
 # checkpoints share sampling noise), a comparison by its two
 # generations × eval judge, so a new checkpoint adds its row and column only and a new eval
 # judge re-judges without regenerating. Outputs in results/summary/, figures in the report:
 #   snakemake --cores 2 && snakemake --report report.html
-from linepo.evalplan import build_eval_plan
+from linepo.workflow.evalplan import build_eval_plan
 
 EVAL = build_eval_plan(config, PLAN)
 EVAL_CFG = config["evaluation"]

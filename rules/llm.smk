@@ -1,13 +1,13 @@
 # The LLM workflow (paper Algorithms 3–4): per run, round r and split s,
 #   sample → judge → pairs → score → train,
-# with content-addressed node ids from linepo.plan: shared steps run once, a changed
+# with content-addressed node ids from linepo.workflow.plan: shared steps run once, a changed
 # parameter makes new ids from that step on, and changing it back finds the old files.
 #   snakemake --cores 2                 # everything in config.yaml
 #   snakemake results/runs/linepo/steps.tsv --cores 2   # one run, up to its final policy
 import json
 
-from linepo.parallel import recipe_view, shard_count
-from linepo.plan import build_plan
+from linepo.stages.parallel import recipe_view, shard_count
+from linepo.workflow.plan import build_plan
 
 PLAN = build_plan(config)
 ID = "[0-9a-f]{12}"
@@ -85,7 +85,7 @@ if POLICY["sft"] == "embedded":
 
 elif POLICY["sft"] == "build":
 
-    # Supervised fine-tuning of policy.build.base on chats (assistant turns only; linepo/sft.py),
+    # Supervised fine-tuning of policy.build.base on chats (assistant turns only; linepo/stages/sft.py),
     # resumable from its side folder like the train rule.
     rule sft_build:
         output:

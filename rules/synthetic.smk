@@ -3,7 +3,7 @@
 #   snakemake synthetic --cores 2
 import json
 
-from linepo.synthetic import relevant_settings
+from linepo.games.runs import relevant_settings
 
 SYNTHETIC = config["synthetic"]["settings"]
 _GAME_FLAGS = {"eta": "--eta", "tau": "--tau", "iterations": "--iterations",

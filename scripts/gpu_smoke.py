@@ -5,8 +5,8 @@
         --hidden 64 --layers 2 --sft-steps 0                      # a quick local check (~30 s on 2 CPU cores)
 
 Nothing is downloaded and no workflow engine is needed: it runs the library functions the
-workflow's commands run (``linepo.sampling``, ``linepo.preferences``, ``linepo.scoring``,
-``linepo.training``) in one process, on a policy built here: the embedded BPE tokenizer and
+workflow's commands run (``linepo.stages.sampling``, ``linepo.stages.preferences``, ``linepo.stages.scoring``,
+``linepo.stages.training``) in one process, on a policy built here: the embedded BPE tokenizer and
 a randomly initialised Qwen2 of ``--hidden`` × ``--layers`` (default 768 × 12, ~86 M
 parameters), optionally SFT'd for ``--sft-steps`` on the embedded corpus so that it answers
 in the three styles the synthetic oracle ranks (the paper's 3×3 game). Then, for each of
@@ -107,13 +107,13 @@ class Stages:
 
 
 def sft(model, tokenizer, examples, steps: int, device: str, seed: int):
-    """A short SFT on ``device`` (``linepo.embedded.sft`` is the embedded default's CPU-only recipe):
+    """A short SFT on ``device`` (``linepo.toy.world.sft`` is the embedded default's CPU-only recipe):
     AdamW with warm-up and cosine decay, 32 examples per step, bf16 autocast on a GPU."""
     import math
 
     import torch
 
-    from linepo import embedded
+    from linepo.toy import world as embedded
 
     features = embedded.sft_features(tokenizer, examples)
     collate = embedded._collate(tokenizer.pad_token_id)
@@ -140,8 +140,8 @@ def build_policy(path: Path, args) -> dict:
     """The embedded tokenizer and a random Qwen2 of the asked size, SFT'd for --sft-steps."""
     import numpy as np
 
-    from linepo import embedded
-    from linepo.models import save_policy
+    from linepo.toy import world as embedded
+    from linepo.stages.models import save_policy
 
     heads = max(1, args.hidden // 64)
     size = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=heads,
@@ -171,14 +171,14 @@ def run(args) -> dict:
 def run_in(args, root: Path) -> dict:
     import torch
 
-    from linepo import embedded
-    from linepo.judges import make_judge
-    from linepo.preferences import group_samples, run_tournament, select_preferences
-    from linepo.prompts import split_prompts
-    from linepo.sampling import SamplerSettings, make_sampler
+    from linepo.toy import world as embedded
+    from linepo.stages.judges import make_judge
+    from linepo.stages.preferences import group_samples, run_tournament, select_preferences
+    from linepo.stages.prompts import split_prompts
+    from linepo.stages.sampling import SamplerSettings, make_sampler
     from linepo.schemas import to_table, write_table
-    from linepo.scoring import score_preferences
-    from linepo.training import TrainSettings, train_policy
+    from linepo.stages.scoring import score_preferences
+    from linepo.stages.training import TrainSettings, train_policy
 
     cuda = args.device == "cuda"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")

@@ -5,7 +5,7 @@ Each step draws ``n`` samples per prompt from μ, runs the all-pairs tournament 
 oracle's 0/1 outcomes, keeps one (chosen, rejected) pair per prompt by ``selection`` (or,
 for ``all_pairs``, every pair of different categories, labelled by the outcome or, with
 ``--probabilities``, by the probability as a soft label) and minimises the step's loss
-over the tabular policy (linepo.sampled.fit_policy). "exact" uses the population
+over the tabular policy (linepo.games.sampled.fit_policy). "exact" uses the population
 minimiser μ ← Prox(μ, η g_τ) instead (random pairs from μ).
 
     python scripts/tabular_analogue.py --eta 3 --eta-tau 0.5 --rounds 4 --splits 4
@@ -15,8 +15,8 @@ import argparse
 
 import numpy as np
 
-from linepo import games
-from linepo.sampled import fit_policy
+from linepo.games import game as games
+from linepo.games.sampled import fit_policy
 
 
 def select_pairs(matrix, mu, prompts, n, selection, rng, use_outcomes=True):

@@ -1,6 +1,6 @@
 """Real Llama-3 and Qwen2 tokenizers, and tiny models of their real architectures, for tests.
 
-The embedded tokenizer (``linepo.embedded``) is small and regular; real checkpoints are not:
+The embedded tokenizer (``linepo.toy.world``) is small and regular; real checkpoints are not:
 Qwen2's chat turn ends with ``<|im_end|>`` while its eos is ``<|endoftext|>``, Llama-3 adds
 a BOS both in ``tokenizer(...)`` and in its chat template, has no pad token and ends turns
 with ``<|eot_id|>``. These helpers rebuild both tokenizers exactly, with no hub access, from

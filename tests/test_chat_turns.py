@@ -15,11 +15,11 @@ torch = pytest.importorskip("torch")
 
 from real_models import fixed_distribution_lm, llama3_tokenizer, qwen2_tokenizer, save_model  # noqa: E402
 
-from linepo.models import end_of_turn_token_ids, load_policy, stop_token_ids  # noqa: E402
-from linepo.preferences import group_samples, select_preferences  # noqa: E402
-from linepo.sampling import SamplerSettings, TransformersSampler  # noqa: E402
+from linepo.stages.models import end_of_turn_token_ids, load_policy, stop_token_ids  # noqa: E402
+from linepo.stages.preferences import group_samples, select_preferences  # noqa: E402
+from linepo.stages.sampling import SamplerSettings, TransformersSampler  # noqa: E402
 from linepo.schemas import read_table, to_table, write_table  # noqa: E402
-from linepo.scoring import score_preferences  # noqa: E402
+from linepo.stages.scoring import score_preferences  # noqa: E402
 
 ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
 BEGIN_OF_TEXT, EOT = 128000, 128009

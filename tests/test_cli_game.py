@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from linepo.synthetic import load_trajectory
+from linepo.games.runs import load_trajectory
 
 PAPER = "[[0.5,0.1,0.8],[0.9,0.5,0.1],[0.2,0.9,0.5]]"
 

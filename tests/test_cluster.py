@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from linepo.cluster import STAGES, stage_resources
-from linepo.config import load_config, validate_config
+from linepo.workflow.cluster import STAGES, stage_resources
+from linepo.workflow.config import load_config, validate_config
 from linepo.errors import InputError
 from workflow_utils import REPO
 

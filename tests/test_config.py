@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from linepo.config import load_config, validate_config
+from linepo.workflow.config import load_config, validate_config
 from linepo.errors import InputError
 from workflow_utils import REPO
 

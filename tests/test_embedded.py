@@ -10,7 +10,7 @@ import collections
 import numpy as np
 import pytest
 
-from linepo import embedded
+from linepo.toy import world as embedded
 from linepo.cli import main
 from linepo.errors import InputError
 from linepo.schemas import read_table
@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random tiny policy loaded back through load_policy, as users load it."""
-    from linepo.models import load_policy
+    from linepo.stages.models import load_policy
 
     path = tmp_path_factory.mktemp("policy") / "tiny"
     _, trained_tokenizer = embedded.build_random(path)
@@ -133,7 +133,7 @@ class _ByteTokenizer:
 
 @pytest.mark.slow
 def test_build_reaches_style_mix(tmp_path):
-    from linepo.models import load_policy
+    from linepo.stages.models import load_policy
 
     out = tmp_path / "embedded"
     summary = embedded.build(

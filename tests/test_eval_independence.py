@@ -22,19 +22,19 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from linepo import embedded
-from linepo import evaluation as ev
-from linepo.config import validate_config
-from linepo.evalplan import EvalPlan, build_eval_plan
-from linepo.judges import SyntheticJudge
-from linepo.plan import build_plan
+from linepo.toy import world as embedded
+from linepo.evaluation import winrates as ev
+from linepo.workflow.config import validate_config
+from linepo.workflow.evalplan import EvalPlan, build_eval_plan
+from linepo.stages.judges import SyntheticJudge
+from linepo.workflow.plan import build_plan
 from workflow_utils import REPO, planned_jobs, snakemake, tiny_config, workflow_with_config
 
 torch = pytest.importorskip("torch")
 
 from real_models import fixed_distribution_lm  # noqa: E402
 
-from linepo.sampling import SamplerSettings, TransformersSampler  # noqa: E402
+from linepo.stages.sampling import SamplerSettings, TransformersSampler  # noqa: E402
 
 ROWS = (40, 25)  # prompts × samples per prompt: 1000 comparison rows
 
@@ -170,7 +170,7 @@ GROUPS = {"brief": 24, "plain": 18, "detailed": 24}
 
 
 def exact_per_prompt(judge) -> float:
-    from linepo.robustness import exploitability_of
+    from linepo.evaluation.exploitability import exploitability_of
 
     return float(np.mean([exploitability_of(judge, MIXES[g]) for g, count in GROUPS.items() for _ in range(count)]))
 
@@ -178,7 +178,7 @@ def exact_per_prompt(judge) -> float:
 def test_monte_carlo_exploitability_is_the_per_prompt_mean(monkeypatch):
     """Through robustness.report (what `linepo exploitability` calls), sampling stubbed so
     that prompt x answers from its group's mix."""
-    from linepo import robustness
+    from linepo.evaluation import exploitability as robustness
 
     judge = SyntheticJudge(case_sensitive=False)  # a folded first word: the Monte Carlo path
     words = [embedded.STYLE_FIRST_WORDS[c] for c in judge.categories]
@@ -194,8 +194,8 @@ def test_monte_carlo_exploitability_is_the_per_prompt_mean(monkeypatch):
                 out += [{"prompt_id": row["prompt_id"], "response": f"{words[c]}, answer."} for c in picks]
             return out
 
-    monkeypatch.setattr("linepo.models.load_policy", lambda *a, **k: (torch.nn.Linear(1, 1), None))
-    monkeypatch.setattr("linepo.sampling.make_sampler", lambda *a, **k: Sampler())
+    monkeypatch.setattr("linepo.stages.models.load_policy", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr("linepo.stages.sampling.make_sampler", lambda *a, **k: Sampler())
     result = robustness.report("stub", prompts, judge, samples=400, bootstrap=500)
     exact = exact_per_prompt(judge)
     assert result["method"] == "monte_carlo" and result["num_prompts"] == 66
@@ -207,7 +207,7 @@ def test_monte_carlo_exploitability_is_the_per_prompt_mean(monkeypatch):
 
 
 def test_monte_carlo_exploitability_from_categories_and_its_upward_bias():
-    from linepo.robustness import monte_carlo_report
+    from linepo.evaluation.exploitability import monte_carlo_report
 
     judge = SyntheticJudge()
     rng = np.random.default_rng(0)

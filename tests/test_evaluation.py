@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
-from linepo import evaluation as ev
-from linepo.config import validate_config
+from linepo.evaluation import winrates as ev
+from linepo.workflow.config import validate_config
 from linepo.errors import InputError
-from linepo.evalplan import build_eval_plan
-from linepo.judges import Judge, SyntheticJudge
-from linepo.plan import build_plan
+from linepo.workflow.evalplan import build_eval_plan
+from linepo.stages.judges import Judge, SyntheticJudge
+from linepo.workflow.plan import build_plan
 from linepo.schemas import read_metadata, read_table, write_table
 from workflow_utils import REPO
 
@@ -169,7 +169,7 @@ def test_a_judge_outside_0_1_fails_naming_the_prompt_and_writes_nothing(tmp_path
     # The command: one line, exit 2, no comparisons file.
     for name, rows in (("a", a), ("b", b)):
         write_table(list(rows.values()), tmp_path / f"{name}.parquet", "samples")
-    monkeypatch.setattr("linepo.judges.make_judge", lambda config, source="": OutOfRange())
+    monkeypatch.setattr("linepo.stages.judges.make_judge", lambda config, source="": OutOfRange())
     from linepo.cli import main
 
     out = tmp_path / "ab.parquet"

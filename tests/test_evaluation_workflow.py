@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from linepo.config import validate_config
-from linepo.evalplan import build_eval_plan
-from linepo.plan import build_plan
+from linepo.workflow.config import validate_config
+from linepo.workflow.evalplan import build_eval_plan
+from linepo.workflow.plan import build_plan
 from workflow_utils import copy_workflow, dry_run, edit_config, planned_jobs, snakemake, tiny_config, workflow_with_config
 
 pytestmark = pytest.mark.slow

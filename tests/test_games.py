@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from linepo import games
-from linepo.synthetic import DEFAULTS, run_algorithm
+from linepo.games import game as games
+from linepo.games.runs import DEFAULTS, run_algorithm
 
 P = games.PAPER_MATRIX
 START = games.PAPER_INIT

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from real_models import qwen2_tokenizer, save_tokenizer, tiny_causal_lm  # noqa: E402
 
 from linepo.cli import main  # noqa: E402
-from linepo.models import format_prompt, load_policy  # noqa: E402
+from linepo.stages.models import format_prompt, load_policy  # noqa: E402
 
 
 @pytest.fixture(scope="module")

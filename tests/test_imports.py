@@ -3,9 +3,9 @@
 import subprocess
 import sys
 
-MODEL_FREE = ["linepo.cli", "linepo.config", "linepo.plan", "linepo.judges", "linepo.preferences",
-              "linepo.synthetic", "linepo.games", "linepo.prompts", "linepo.schemas",
-              "linepo.evalplan", "linepo.evaluation", "linepo.report"]
+MODEL_FREE = ["linepo.cli", "linepo.workflow.config", "linepo.workflow.plan", "linepo.stages.judges", "linepo.stages.preferences",
+              "linepo.games.runs", "linepo.games.game", "linepo.stages.prompts", "linepo.schemas",
+              "linepo.workflow.evalplan", "linepo.evaluation.winrates", "linepo.evaluation.figures"]
 
 
 def test_model_free_stages_do_not_import_torch():
@@ -14,7 +14,7 @@ def test_model_free_stages_do_not_import_torch():
         f"for name in {MODEL_FREE!r}: importlib.import_module(name)\n"
         "from linepo.cli import build_parser\n"
         "build_parser()\n"
-        "from linepo.judges import make_judge\n"
+        "from linepo.stages.judges import make_judge\n"
         "make_judge({'type': 'synthetic'})\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from linepo.errors import InputError
-from linepo.judges import (
+from linepo.stages.judges import (
     OFFSETBIAS_USER_TEMPLATE,
     Judge,
     JudgeError,
@@ -224,8 +224,8 @@ def test_a_judge_returning_probabilities_outside_0_1_is_rejected():
 def test_synthetic_path_never_imports_torch():
     code = (
         "import sys\n"
-        "from linepo.judges import make_judge\n"
-        "import linepo.preferences, linepo.commands.judge, linepo.commands.pairs\n"
+        "from linepo.stages.judges import make_judge\n"
+        "import linepo.stages.preferences, linepo.commands.judge, linepo.commands.pairs\n"
         "j = make_judge()\n"
         "j.judge(['q'], ['Sure'], ['Briefly'], seed=0); j.exploitability(j.nash())\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"

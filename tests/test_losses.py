@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from linepo import games
+from linepo.games import game as games
 from linepo.losses import LOSSES, PairLogProbs, preference_loss
 
 

@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from linepo import embedded  # noqa: E402
+from linepo.toy import world as embedded  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
-from linepo.models import PLAIN_TEMPLATE, encode_prompt, format_prompt, load_policy, save_policy  # noqa: E402
+from linepo.stages.models import PLAIN_TEMPLATE, encode_prompt, format_prompt, load_policy, save_policy  # noqa: E402
 
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel sampling and judging (linepo.parallel): no prompt dropped, sharded == unsharded.
+"""Data-parallel sampling and judging (linepo.stages.parallel): no prompt dropped, sharded == unsharded.
 
     HF_HUB_OFFLINE=1 python -m pytest tests/test_parallel.py -q
 
@@ -18,9 +18,9 @@ import sys
 import numpy as np
 import pytest
 
-from linepo import embedded
+from linepo.toy import world as embedded
 from linepo.errors import InputError
-from linepo.parallel import device_groups, recipe_view, shard_bounds, shard_count
+from linepo.stages.parallel import device_groups, recipe_view, shard_bounds, shard_count
 from linepo.schemas import read_metadata, read_table, write_table
 
 NUM_PROMPTS = 1001
@@ -193,7 +193,7 @@ def test_sharded_judging_bad_config_is_one_line(styled_samples, tmp_path, capsys
 
 
 def test_first_failure_prefers_the_worker_that_failed_by_itself():
-    from linepo.parallel import WorkerResult, exit_code, first_failure
+    from linepo.stages.parallel import WorkerResult, exit_code, first_failure
 
     terminated = WorkerResult("shard 1/2", -15, "cannot load", [])  # printed its error, then was stopped
     failed = WorkerResult("shard 2/2", 2, "cannot load", [])

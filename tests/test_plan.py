@@ -4,8 +4,8 @@ import copy
 
 import yaml
 
-from linepo.config import validate_config
-from linepo.plan import build_plan
+from linepo.workflow.config import validate_config
+from linepo.workflow.plan import build_plan
 from workflow_utils import REPO
 
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -107,7 +107,7 @@ def test_a_large_paper_sized_plan_is_cheap():
 
 def test_the_paper_config_plans_without_downloading(tmp_path):
     """configs/paper.yaml: 6 splits × 3 rounds; LINE-PO shares INPO's first two rounds."""
-    from linepo.config import load_config
+    from linepo.workflow.config import load_config
     from workflow_utils import copy_workflow, planned_jobs, snakemake
 
     plan = build_plan(load_config(str(REPO / "configs/paper.yaml")))
@@ -128,7 +128,7 @@ def test_the_paper_config_plans_without_downloading(tmp_path):
 
 
 def test_round_overrides_apply_to_one_round_or_from_a_round_on():
-    from linepo.plan import round_override
+    from linepo.workflow.plan import round_override
 
     run = {"round_overrides": {"2+": {"eta": 100.0, "training": {"epochs": 2}}, "3": {"training": {"epochs": 5}},
                                "4+": {"eta_tau": 0.5}}}

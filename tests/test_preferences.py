@@ -12,8 +12,8 @@ import pytest
 
 from linepo.cli import main
 from linepo.errors import InputError
-from linepo.judges import make_judge
-from linepo.preferences import group_samples, run_tournament, select_preferences, tournament_comparisons
+from linepo.stages.judges import make_judge
+from linepo.stages.preferences import group_samples, run_tournament, select_preferences, tournament_comparisons
 from linepo.schemas import read_metadata, read_table, to_table, write_table
 
 

@@ -1,4 +1,4 @@
-"""Prompt loading, de-duplication and sharding (linepo.prompts, ``linepo prompts``).
+"""Prompt loading, de-duplication and sharding (linepo.stages.prompts, ``linepo prompts``).
 
     HF_HUB_OFFLINE=1 python -m pytest tests/test_prompts.py -q
 
@@ -22,7 +22,7 @@ import pytest
 
 from linepo.cli import main
 from linepo.errors import InputError
-from linepo.prompts import load_prompts, split_prompts, take
+from linepo.stages.prompts import load_prompts, split_prompts, take
 from linepo.schemas import read_metadata, read_table
 
 

@@ -61,7 +61,7 @@ def data_files(root: Path) -> dict[str, Path]:
     if (SHARED / "ultrafeedback/sample.jsonl").is_file():
         return {"train": SHARED / "ultrafeedback/sample.jsonl", "held_out": SHARED / "ultrachat/sample.jsonl",
                 "eval": SHARED / "alpaca_eval/eval_set.json"}
-    from linepo import embedded
+    from linepo.toy import world as embedded
 
     train, held = embedded.prompts("train", 24), embedded.prompts("eval", 16)
     return {"train": _stand_in_prompts(root / "uf.jsonl", train[:16], "ultrafeedback"),
@@ -125,7 +125,7 @@ def run(models, tmp_path_factory):
 
 
 def test_the_imported_policy_renders_chatml_and_stops_at_im_end(run):
-    from linepo.models import format_prompt, load_policy
+    from linepo.stages.models import format_prompt, load_policy
 
     directory, _ = run
     (sft,) = directory.glob("results/sft/*/model")
@@ -145,7 +145,7 @@ def test_the_imported_policy_renders_chatml_and_stops_at_im_end(run):
 
 
 def test_the_judge_reads_the_offsetbias_prompt_in_the_llama3_template(run, models):
-    from linepo.judges import OFFSETBIAS_USER_TEMPLATE, make_judge
+    from linepo.stages.judges import OFFSETBIAS_USER_TEMPLATE, make_judge
 
     judge = make_judge({"type": "pairwise_lm", "model": str(models / "judge"), "min_answer_mass": 0.0})
     text = judge.format_prompt("Name a colour.", "Red.", "Blue.")
@@ -164,7 +164,7 @@ def test_the_judge_reads_the_offsetbias_prompt_in_the_llama3_template(run, model
 
 def test_failed_judgments_are_counted_honestly(run, models, tmp_path):
     """The default min_answer_mass fails every comparison of a random 128k-vocabulary judge: counted, never a coin."""
-    from linepo.preferences import judge_samples
+    from linepo.stages.preferences import judge_samples
 
     directory, _ = run
     samples = next(directory.glob("results/samples/r1/s0/*.parquet"))
@@ -177,7 +177,7 @@ def test_failed_judgments_are_counted_honestly(run, models, tmp_path):
 
 
 def test_the_reward_model_reads_its_template_and_evaluation_completes(run, models):
-    from linepo.judges import make_judge
+    from linepo.stages.judges import make_judge
 
     directory, data = run
     judge = make_judge({"type": "reward_model", "model": str(models / "reward")})

@@ -5,9 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from linepo import games
-from linepo.sampled import draw_preferences, fit_policy
-from linepo.synthetic import DEFAULTS, run_algorithm
+from linepo.games import game as games
+from linepo.games.sampled import draw_preferences, fit_policy
+from linepo.games.runs import DEFAULTS, run_algorithm
 
 P = games.PAPER_MATRIX
 START = games.PAPER_INIT

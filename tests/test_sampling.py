@@ -19,15 +19,15 @@ import types
 import numpy as np
 import pytest
 
-from linepo import embedded
+from linepo.toy import world as embedded
 from linepo.cli import main
 from linepo.errors import InputError
 from linepo.schemas import read_table, write_table
 
 torch = pytest.importorskip("torch")
 
-from linepo.models import load_policy, save_policy  # noqa: E402
-from linepo.sampling import SamplerSettings, TransformersSampler, make_sampler, row_seed  # noqa: E402
+from linepo.stages.models import load_policy, save_policy  # noqa: E402
+from linepo.stages.sampling import SamplerSettings, TransformersSampler, make_sampler, row_seed  # noqa: E402
 
 
 

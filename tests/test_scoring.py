@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from linepo import embedded  # noqa: E402
+from linepo.toy import world as embedded  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
-from linepo.models import encode_prompt, load_policy, save_policy  # noqa: E402
+from linepo.stages.models import encode_prompt, load_policy, save_policy  # noqa: E402
 from linepo.schemas import read_metadata, read_table, write_table  # noqa: E402
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
@@ -80,7 +80,7 @@ def ref_model(policies):
 
 @pytest.mark.parametrize("chat_template", [True, False])
 def test_sequence_logprobs_equal_manual_sum(ref_model, chat_template):
-    from linepo.scoring import sequence_logprobs
+    from linepo.stages.scoring import sequence_logprobs
 
     model, tokenizer = ref_model
     saved = tokenizer.chat_template
@@ -102,7 +102,7 @@ def test_sequence_logprobs_equal_manual_sum(ref_model, chat_template):
 
 def test_a_response_cut_at_max_new_tokens_is_scored_without_eos(ref_model):
     """A cut sample never emitted EOS; scoring it with one would add log π(EOS | cut text)."""
-    from linepo.scoring import sequence_logprobs, tokenize_pairs
+    from linepo.stages.scoring import sequence_logprobs, tokenize_pairs
 
     model, tokenizer = ref_model
     rows = preference_rows(3)
@@ -124,7 +124,7 @@ def test_a_response_cut_at_max_new_tokens_is_scored_without_eos(ref_model):
 
 
 def test_sequence_logprobs_independent_of_batch_size_and_padding(ref_model):
-    from linepo.scoring import sequence_logprobs
+    from linepo.stages.scoring import sequence_logprobs
 
     model, tokenizer = ref_model
     rows = preference_rows(7)
@@ -142,7 +142,7 @@ def test_sequence_logprobs_independent_of_batch_size_and_padding(ref_model):
 
 
 def test_response_logprobs_has_gradients_and_ignores_prompt(ref_model):
-    from linepo.scoring import pad_sequences, response_logprobs, tokenize_responses
+    from linepo.stages.scoring import pad_sequences, response_logprobs, tokenize_responses
 
     model, tokenizer = ref_model
     rows = preference_rows(2)
@@ -157,7 +157,7 @@ def test_response_logprobs_has_gradients_and_ignores_prompt(ref_model):
 
 
 def test_tokenize_pairs_masks_and_truncation(ref_model):
-    from linepo.scoring import tokenize_pairs
+    from linepo.stages.scoring import tokenize_pairs
 
     _, tokenizer = ref_model
     rows = preference_rows(3)
@@ -187,7 +187,7 @@ def test_tokenize_pairs_masks_and_truncation(ref_model):
 
 def test_score_preferences_writes_scored_and_runs_one_model_when_reference_is_anchor(tmp_path, policies,
                                                                                      ref_model, monkeypatch):
-    import linepo.scoring as scoring
+    import linepo.stages.scoring as scoring
 
     calls = []
     real = scoring._score_with
@@ -214,7 +214,7 @@ def test_score_preferences_writes_scored_and_runs_one_model_when_reference_is_an
 
 
 def test_score_preferences_distinct_anchor_runs_both(tmp_path, policies):
-    from linepo.scoring import score_preferences
+    from linepo.stages.scoring import score_preferences
 
     write_table(preference_rows(3), tmp_path / "p.parquet", "preferences")
     ref, anchor = policies
@@ -262,7 +262,7 @@ def test_score_cli_bad_input_exits_2_and_writes_nothing(tmp_path, policies, caps
 
 
 def test_scoring_rejects_bad_settings(tmp_path, policies):
-    from linepo.scoring import score_preferences
+    from linepo.stages.scoring import score_preferences
 
     write_table(preference_rows(1), tmp_path / "p.parquet", "preferences")
     with pytest.raises(InputError, match="--max-length"):

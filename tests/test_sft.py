@@ -17,10 +17,10 @@ from real_models import qwen2_tokenizer, save_model, tiny_causal_lm  # noqa: E40
 from workflow_utils import REPO  # noqa: E402
 
 from linepo.cli import main  # noqa: E402
-from linepo.config import validate_config  # noqa: E402
+from linepo.workflow.config import validate_config  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
-from linepo.plan import build_plan  # noqa: E402
-from linepo.sft import chat_features, load_chats  # noqa: E402
+from linepo.workflow.plan import build_plan  # noqa: E402
+from linepo.stages.sft import chat_features, load_chats  # noqa: E402
 
 SHARED_ULTRACHAT = REPO.parent / "shared/data/ultrachat/sample.jsonl"
 CHATS = [
@@ -68,7 +68,7 @@ def test_linepo_sft_lowers_the_assistant_loss_and_saves_a_policy(tmp_path, capsy
     assert main(args) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["chats"] == 8 and stats["steps"] == 20 and not (tmp_path / "sft.partial").exists()
-    from linepo.models import load_policy
+    from linepo.stages.models import load_policy
 
     def assistant_nll(folder):
         model, tok = load_policy(folder, device="cpu")

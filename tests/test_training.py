@@ -24,10 +24,10 @@ from test_scoring import build_tiny_policy, preference_rows  # noqa: E402
 
 from linepo.cli import main  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
-from linepo.models import load_policy  # noqa: E402
+from linepo.stages.models import load_policy  # noqa: E402
 from linepo.schemas import read_table, write_table  # noqa: E402
-from linepo.scoring import score_preferences  # noqa: E402
-from linepo.training import (  # noqa: E402
+from linepo.stages.scoring import score_preferences  # noqa: E402
+from linepo.stages.training import (  # noqa: E402
     NonFiniteLossError,
     PairCollator,
     TrainSettings,
@@ -274,7 +274,7 @@ def test_resume_after_crash_is_byte_identical(data, tmp_path, caplog):
                      settings=settings, callbacks=[StopAt(5)])
     assert not (tmp_path / "cut").exists()
     assert sorted(p.name for p in side.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    with caplog.at_level(logging.INFO, logger="linepo.training"):
+    with caplog.at_level(logging.INFO, logger="linepo.stages.training"):
         resumed = train_policy(data / "parent", [data / "scored_anchor.parquet"], tmp_path / "cut", resume_dir=side,
                                settings=settings)
     assert resumed["resumed_from_step"] == 4  # mid-epoch 2: data position, optimizer and schedule restored

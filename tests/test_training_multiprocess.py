@@ -26,7 +26,7 @@ from test_scoring import build_tiny_policy, preference_rows  # noqa: E402
 
 from linepo.cli import main  # noqa: E402
 from linepo.schemas import read_table, write_table  # noqa: E402
-from linepo.scoring import score_preferences  # noqa: E402
+from linepo.stages.scoring import score_preferences  # noqa: E402
 
 NUM_PAIRS = 16
 #: 16 pairs, global batch 8, 2 epochs: 4 optimizer steps; lr large enough to move every weight
@@ -130,7 +130,7 @@ def test_launch_command_uses_the_accelerate_config(data, tmp_path):
     from argparse import Namespace
 
     from linepo.commands.train import launch_command
-    from linepo.training import TrainSettings
+    from linepo.stages.training import TrainSettings
 
     config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
     args = Namespace(policy="p", scored=[Path("a.parquet"), Path("b.parquet")], out=Path("o"),

@@ -17,12 +17,12 @@ torch = pytest.importorskip("torch")
 from test_scoring import build_tiny_policy, preference_rows  # noqa: E402
 from test_training import NUM_PAIRS, StopAt, evaluate, fast_settings, sha256  # noqa: E402
 
-from linepo.config import validate_config  # noqa: E402
-from linepo.models import load_policy, save_policy  # noqa: E402
-from linepo.plan import build_plan  # noqa: E402
+from linepo.workflow.config import validate_config  # noqa: E402
+from linepo.stages.models import load_policy, save_policy  # noqa: E402
+from linepo.workflow.plan import build_plan  # noqa: E402
 from linepo.schemas import write_table  # noqa: E402
-from linepo.scoring import score_preferences  # noqa: E402
-from linepo.training import SELECTION_FILE, TrainSettings, train_policy  # noqa: E402
+from linepo.stages.scoring import score_preferences  # noqa: E402
+from linepo.stages.training import SELECTION_FILE, TrainSettings, train_policy  # noqa: E402
 from workflow_utils import REPO  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def test_grad_clipping_weight_decay_and_warmup_are_config_keys():
 def test_warmup_is_passed_the_way_each_transformers_major_takes_it():
     from dataclasses import dataclass, field
 
-    from linepo.training import _warmup_arguments
+    from linepo.stages.training import _warmup_arguments
 
     @dataclass
     class Version4:  # transformers 4.x: warmup_ratio and an integer warmup_steps
@@ -127,7 +127,7 @@ def test_warmup_is_passed_the_way_each_transformers_major_takes_it():
 def test_warmup_ratio_warms_up_the_learning_rate(bf16_data, tmp_path, caplog):
     root = bf16_data
     settings = fast_settings(epochs=4, batch_size=4, warmup_ratio=0.5, learning_rate=1e-3, logging_steps=1)
-    with caplog.at_level(logging.INFO, logger="linepo.training"):
+    with caplog.at_level(logging.INFO, logger="linepo.stages.training"):
         train_policy(root / "upcast", [root / "scored.parquet"], tmp_path / "w", resume_dir=tmp_path / "w.partial",
                      settings=settings)
     rates = [float(line.split("learning_rate ")[1].split()[0]) for line in caplog.text.splitlines()

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def run_build(args) -> int:
-    from linepo import embedded
+    from linepo.toy import world as embedded
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -48,10 +48,10 @@ def run_build(args) -> int:
 
 
 def run_prompts(args) -> int:
-    from linepo import embedded
+    from linepo.toy import world as embedded
     from linepo.schemas import write_table
 
     rows = embedded.prompt_rows(args.split, args.num)
-    write_table(rows, args.out, "prompts", metadata={"source": f"linepo.embedded:{args.split}"})
+    write_table(rows, args.out, "prompts", metadata={"source": f"{embedded.SOURCE_LABEL}:{args.split}"})
     print(f"wrote {len(rows)} {args.split} prompts to {args.out}")
     return 0

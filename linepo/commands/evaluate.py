@@ -38,8 +38,8 @@ def register(subparsers) -> None:
 
 
 def run_exploitability(args) -> int:
-    from linepo.judges import SyntheticJudge, load_judge_config, make_judge
-    from linepo.robustness import report
+    from linepo.stages.judges import SyntheticJudge, load_judge_config, make_judge
+    from linepo.evaluation.exploitability import report
     from linepo.schemas import atomic_path, read_table
 
     config, label = load_judge_config(args.judge_config)

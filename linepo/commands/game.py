@@ -28,7 +28,7 @@ def _positive(kind):
 
 
 def register(subparsers) -> None:
-    from linepo.synthetic import ALGORITHMS, DEFAULTS
+    from linepo.games.runs import ALGORITHMS, DEFAULTS
 
     game = subparsers.add_parser(
         "game",
@@ -68,8 +68,8 @@ def _parse_inputs(args):
     """Validated (matrix, init) from the arguments; InputError names the argument."""
     import numpy as np
 
-    from linepo import games
-    from linepo.synthetic import parse_json_list
+    from linepo.games import game as games
+    from linepo.games.runs import parse_json_list
 
     try:
         matrix = games.PAPER_MATRIX if args.matrix is None else games.validate_preference_matrix(
@@ -87,7 +87,7 @@ def _parse_inputs(args):
 
 
 def run_game(args) -> int:
-    from linepo.synthetic import GameSettings, run_algorithm, save_trajectory, summary
+    from linepo.games.runs import GameSettings, run_algorithm, save_trajectory, summary
 
     matrix, init = _parse_inputs(args)
     settings = GameSettings(eta=args.eta, tau=args.tau, iterations=args.iterations,
@@ -108,9 +108,9 @@ def run_game(args) -> int:
 
 
 def run_figure(args) -> int:
-    from linepo.plots import game_figure
+    from linepo.games.figures import game_figure
 
-    from linepo.synthetic import write_summary_table
+    from linepo.games.runs import write_summary_table
 
     game_figure(args.trajectories, args.out, title=args.title)
     if args.table:

@@ -13,7 +13,7 @@ with one line naming it, and writes nothing.
 on contiguous blocks of whole prompts (sizes differ by at most one: no prompt is
 dropped), and concatenates their judgments in prompt order into the file the unsharded
 command writes (the oracle's coin is a hash of seed, prompt and texts): see
-:mod:`linepo.parallel`. A ``data_parallel`` key in the judge config is ignored here.
+:mod:`linepo.stages.parallel`. A ``data_parallel`` key in the judge config is ignored here.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linepo.judges import load_judge_config
-    from linepo.parallel import recipe_view
-    from linepo.preferences import judge_samples
+    from linepo.stages.judges import load_judge_config
+    from linepo.stages.parallel import recipe_view
+    from linepo.stages.preferences import judge_samples
 
     if args.out.suffix != ".parquet":
         raise InputError(f"--out {args.out}: must end in .parquet")
@@ -78,14 +78,14 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
     """
     import time
 
-    from linepo.parallel import device_groups, run_shards, shard_bounds, shard_folder
-    from linepo.preferences import group_samples
+    from linepo.stages.parallel import device_groups, run_shards, shard_bounds, shard_folder
+    from linepo.stages.preferences import group_samples
     from linepo.schemas import read_metadata, read_table, write_table
 
     table = read_table(args.samples, "samples")
     groups = group_samples(table, args.samples)  # a repeated (prompt_id, sample_index) fails here, once
     if config is not None and config.get("type") == "synthetic":
-        from linepo.judges import make_judge
+        from linepo.stages.judges import make_judge
 
         make_judge(config, source=source)  # cheap: a bad synthetic config fails here, once
     order = list(groups)  # prompts in order of first appearance, as the tournament visits them

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from linepo.errors import InputError
 
-from linepo.preferences import SELECTIONS
+from linepo.stages.preferences import SELECTIONS
 
 
 def register(subparsers) -> None:
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linepo.preferences import build_preferences
+    from linepo.stages.preferences import build_preferences
 
     if args.out.suffix != ".parquet":
         raise InputError(f"--out {args.out}: must end in .parquet")

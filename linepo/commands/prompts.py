@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_prompts is not None and args.max_prompts < 1:
         raise InputError(f"--max-prompts {args.max_prompts}: must be at least 1")
 
-    from linepo.prompts import load_prompts, split_prompts, take
+    from linepo.stages.prompts import load_prompts, split_prompts, take
     from linepo.schemas import to_table, write_table
 
     loaded = load_prompts(args.source, split=args.split, prompt_column=args.prompt_column, name=args.name, revision=args.revision)

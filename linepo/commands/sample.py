@@ -10,7 +10,7 @@ at the end, so a bad input exits 2 with one line and leaves no file.
 --tensor-parallel-size GPUs with vllm) taken from CUDA_VISIBLE_DEVICES, on contiguous
 blocks of the prompts (sizes differ by at most one: no prompt is dropped), and merges
 their samples in prompt order into one file equal to the unsharded one (every row is
-seeded by its prompt_id and sample_index): see :mod:`linepo.parallel`.
+seeded by its prompt_id and sample_index): see :mod:`linepo.stages.parallel`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from linepo.errors import InputError
-    from linepo.sampling import SamplerSettings, make_sampler
+    from linepo.stages.sampling import SamplerSettings, make_sampler
     from linepo.schemas import read_table, write_table
 
     if not logging.getLogger().handlers:
@@ -101,9 +101,9 @@ def run_sharded(args, table, settings) -> int:
     import time
     from pathlib import Path
 
-    from linepo.models import resolve_policy
-    from linepo.parallel import device_groups, run_shards, shard_bounds, shard_folder
-    from linepo.sampling import check_prompts
+    from linepo.stages.models import resolve_policy
+    from linepo.stages.parallel import device_groups, run_shards, shard_bounds, shard_folder
+    from linepo.stages.sampling import check_prompts
     from linepo.schemas import read_table, write_table
 
     check_prompts(table.select(["prompt_id", "prompt"]).to_pylist())  # a repeated id would hide in two shards

@@ -4,7 +4,7 @@
         --reference results/sft/policy --anchor results/x/policy --out results/x/scored.parquet \\
         [--batch-size 32 --max-length 512 --dtype auto]
 
-Log-probs are summed over the response tokens and EOS (see :mod:`linepo.scoring`). When
+Log-probs are summed over the response tokens and EOS (see :mod:`linepo.stages.scoring`). When
 --reference and --anchor are the same folder the model is run once. Stats (pairs/s,
 tokens/s) go to stderr and, as JSON, to stdout. A bad input exits 2 with one line and
 writes nothing.
@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # = linepo.models.DTYPES, kept light
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # = linepo.stages.models.DTYPES, kept light
 
 
 def register(subparsers) -> None:
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from linepo.scoring import score_preferences
+    from linepo.stages.scoring import score_preferences
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

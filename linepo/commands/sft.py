@@ -5,7 +5,7 @@
         [--learning-rate 2e-5] [--warmup-ratio 0.03] [--max-length 2048] [--max-examples N]
 
 The workflow runs it for ``policy.sft: build`` (rule ``sft_build``, settings under
-``policy.build``); see :mod:`linepo.sft`.
+``policy.build``); see :mod:`linepo.stages.sft`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from linepo.sft import SFTSettings
+    from linepo.stages.sft import SFTSettings
 
     defaults = SFTSettings()
     p = subparsers.add_parser("sft", help="supervised fine-tuning of a base model on chats (the SFT policy)")
@@ -41,7 +41,7 @@ def run(args) -> int:
     import dataclasses
 
     from linepo.errors import InputError
-    from linepo.sft import SFTSettings, train_sft
+    from linepo.stages.sft import SFTSettings, train_sft
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -18,7 +18,7 @@ configs/accelerate/). Run by hand under ``accelerate launch`` / torchrun it trai
 processes it is given. Only rank 0 writes the policy (atomically) and removes the side folder.
 
 --eta is the paper's step size η (KL weight 1/η; DPO's β = 1/η); --eta-tau is ητ ∈ (0, 1]
-(INPO only). --config-json takes any field of ``linepo.training.TrainSettings`` (or the
+(INPO only). --config-json takes any field of ``linepo.stages.training.TrainSettings`` (or the
 workflow config's training keys, e.g. ``batch_size``); flags given on the command line win
 over it. Resume checkpoints go to --resume-dir, which must lie outside --out; a rerun
 after a kill resumes from its newest checkpoint, and the folder is removed after success.
@@ -104,7 +104,7 @@ def settings_from_args(args):
         InputError: --config-json is not a JSON object or names an unknown setting; a bad value.
     """
     from linepo.errors import InputError
-    from linepo.training import TrainSettings
+    from linepo.stages.training import TrainSettings
 
     settings = TrainSettings()
     if args.config_json:
@@ -121,7 +121,7 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from linepo.errors import InputError
-    from linepo.training import NonFiniteLossError, is_main_process, train_policy
+    from linepo.stages.training import NonFiniteLossError, is_main_process, train_policy
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s",
@@ -158,8 +158,8 @@ def check_inputs(args, settings) -> None:
             scored file, a policy folder that is not one, overlapping output and side folders.
     """
     from linepo.errors import InputError
-    from linepo.models import resolve_policy
-    from linepo.training import read_scored
+    from linepo.stages.models import resolve_policy
+    from linepo.stages.training import read_scored
 
     settings.per_device_batch_size(args.num_processes)
     for path in args.scored:
@@ -199,7 +199,7 @@ def launch(args, settings) -> int:
     import torch
 
     from linepo.errors import InputError
-    from linepo.parallel import exit_code, first_failure, free_port, run_workers
+    from linepo.stages.parallel import exit_code, first_failure, free_port, run_workers
 
     check_inputs(args, settings)
     cuda = torch.cuda.is_available()

@@ -78,8 +78,8 @@ def _spec(text: str) -> dict:
 
 
 def run_compare(args) -> int:
-    from linepo.evaluation import compare_files
-    from linepo.judges import load_judge_config
+    from linepo.evaluation.winrates import compare_files
+    from linepo.stages.judges import load_judge_config
 
     if args.out.suffix != ".parquet":
         raise InputError(f"--out {args.out}: must end in .parquet")
@@ -90,8 +90,8 @@ def run_compare(args) -> int:
 
 
 def run_win_rates(args) -> int:
-    from linepo import evaluation as ev
-    from linepo.report import heatmap
+    from linepo.evaluation import winrates as ev
+    from linepo.evaluation.figures import heatmap
     from linepo.schemas import read_table
 
     spec = _spec(args.spec)
@@ -113,8 +113,8 @@ def run_win_rates(args) -> int:
 
 
 def run_curves(args) -> int:
-    from linepo import evaluation as ev
-    from linepo.report import curves
+    from linepo.evaluation import winrates as ev
+    from linepo.evaluation.figures import curves
     from linepo.schemas import read_table
 
     spec = _spec(args.spec)
@@ -127,7 +127,7 @@ def run_curves(args) -> int:
 
 
 def run_summary(args) -> int:
-    from linepo import evaluation as ev
+    from linepo.evaluation import winrates as ev
     from linepo.schemas import read_table
 
     spec = _spec(args.spec)
@@ -159,7 +159,7 @@ def run_summary(args) -> int:
 
 
 def run_export(args) -> int:
-    from linepo import evaluation as ev
+    from linepo.evaluation import winrates as ev
     from linepo.schemas import read_metadata, read_table
 
     generation = read_table(args.generations, "samples")

@@ -3,7 +3,7 @@
     linepo sample --policy results/embedded/policy --prompts prompts.parquet \\
         --out samples.parquet --n 5 --temperature 0.8 --top-p 1.0 --max-new-tokens 64 --seed 0
 
-    from linepo.sampling import SamplerSettings, make_sampler
+    from linepo.stages.sampling import SamplerSettings, make_sampler
     sampler = make_sampler("results/embedded/policy", SamplerSettings(n=5, temperature=0.8))
     rows = sampler.generate([{"prompt_id": "p0", "prompt": "Explain gravity."}], n=5)
 
@@ -149,7 +149,7 @@ def make_sampler(
     settings.validate()
     if settings.backend == "vllm":
         return VLLMSampler(policy, settings, dtype=dtype, trust_remote_code=trust_remote_code)
-    from linepo.models import load_policy
+    from linepo.stages.models import load_policy
 
     model, tokenizer = load_policy(policy, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return TransformersSampler(model, tokenizer, settings)
@@ -183,7 +183,7 @@ class TransformersSampler(Sampler):
     """Batched ``model.generate`` on an in-memory model (e.g. the policy being trained)."""
 
     def __init__(self, model, tokenizer, settings: SamplerSettings = SamplerSettings()):
-        from linepo.models import stop_token_ids
+        from linepo.stages.models import stop_token_ids
 
         self.model = model
         self.tokenizer = tokenizer
@@ -234,7 +234,7 @@ class TransformersSampler(Sampler):
         import torch
         from tqdm.auto import tqdm
 
-        from linepo.models import encode_prompt
+        from linepo.stages.models import encode_prompt
 
         encoded = [encode_prompt(self.tokenizer, p["prompt"]) for p in prompts]
         # One item per output row; longest prompts first so batches share similar lengths
@@ -310,7 +310,7 @@ class VLLMSampler(Sampler):
             raise InputError(
                 "--backend: backend vllm needs the optional extra linepo[vllm] (pip install 'linepo[vllm]')"
             ) from err
-        from linepo.models import resolve_policy
+        from linepo.stages.models import resolve_policy
 
         self.vllm = vllm
         self.settings = settings.validate()
@@ -324,7 +324,7 @@ class VLLMSampler(Sampler):
             trust_remote_code=trust_remote_code,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        from linepo.models import stop_token_ids
+        from linepo.stages.models import stop_token_ids
 
         generation_config = None
         try:
@@ -355,7 +355,7 @@ class VLLMSampler(Sampler):
         return int(ids[-1]) if ids and ids[-1] in self.stop_ids else None
 
     def _generate(self, prompts: list[dict], settings: SamplerSettings) -> list[dict]:
-        from linepo.models import encode_prompt
+        from linepo.stages.models import encode_prompt
 
         # Token ids, not text: vLLM would add BOS again to a chat-templated string.
         inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p["prompt"])} for p in prompts]

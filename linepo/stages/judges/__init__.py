@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from linepo.embedded import STYLE_FIRST_WORDS, STYLES  # numpy-only at import time
+from linepo.toy.world import STYLE_FIRST_WORDS, STYLES  # numpy-only at import time
 from linepo.errors import InputError
-from linepo.games import InvalidGameError, PAPER_MATRIX, duality_gap, nash_policy, validate_policy
-from linepo.games import validate_preference_matrix
+from linepo.games.game import InvalidGameError, PAPER_MATRIX, duality_gap, nash_policy, validate_policy
+from linepo.games.game import validate_preference_matrix
 
 #: Categories of the embedded policy's styles, in the order of PAPER_MATRIX's rows (a, b, c).
 DEFAULT_CATEGORIES = STYLES
@@ -525,7 +525,7 @@ def _load_error(cfg: _Config, model: str, err: Exception) -> InputError:
 
 
 def _load_causal_lm(cfg: _Config, model: str, trust_remote_code: bool, device, dtype: str):
-    from linepo.models import load_policy  # the one loader of causal LMs (left padding, pad token)
+    from linepo.stages.models import load_policy  # the one loader of causal LMs (left padding, pad token)
 
     try:
         return load_policy(model, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
@@ -585,7 +585,7 @@ class _ChatRenderer:
     The template is rendered once around a marker and then filled in by concatenation,
     which is much faster than Jinja per comparison; a probe checks this is exact for the
     tokenizer's template, else every call renders through the template. Without a chat
-    template the text is :data:`linepo.models.PLAIN_TEMPLATE` (after the system prompt) and
+    template the text is :data:`linepo.stages.models.PLAIN_TEMPLATE` (after the system prompt) and
     a space, so the forced answer reads "Assistant: Output (".
     """
 
@@ -611,7 +611,7 @@ class _ChatRenderer:
 
     def __call__(self, user: str) -> str:
         if not self.templated:
-            from linepo.models import PLAIN_TEMPLATE  # the policies' own format for base models
+            from linepo.stages.models import PLAIN_TEMPLATE  # the policies' own format for base models
 
             system = f"{self.system_prompt}\n\n" if self.system_prompt else ""
             return system + PLAIN_TEMPLATE.format(prompt=user) + " "

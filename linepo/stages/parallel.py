@@ -42,7 +42,7 @@ from linepo.errors import InputError
 _ERROR_LINE = re.compile(r"^linepo [\w-]+: error: ")
 
 #: Keys of a config section (sampling, judge) that say how a step is spread over processes,
-#: not what it computes: left out of node ids (linepo.plan), rule params and judge configs,
+#: not what it computes: left out of node ids (linepo.workflow.plan), rule params and judge configs,
 #: so changing them reruns nothing.
 EXECUTION_KEYS = ("data_parallel", "accelerate_config")
 

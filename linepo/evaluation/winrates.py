@@ -9,7 +9,7 @@ identical outputs); its standard error is the std of the mean over bootstrap res
 prompts. The *hard* win rate scores each row 1, 0 or ½ as P(A ≻ B) is above, below or
 exactly ½ (the paper's public code reports both; Table 2 does not say which), averaged the
 same way. Sample i of A and of B must be drawn independently (each generation has its own
-seed, :meth:`linepo.evalplan.EvalPlan.generation_seed`): shared sampling noise couples them
+seed, :meth:`linepo.workflow.evalplan.EvalPlan.generation_seed`): shared sampling noise couples them
 and biases both rates.
 
     linepo compare --a a.parquet --b b.parquet --judge-config '{"type": "synthetic"}' --out ab.parquet
@@ -58,7 +58,7 @@ def compare(rows_a: dict, rows_b: dict, judge, *, name_a: str = "a", name_b: str
         InputError: the generations answered different prompts or sample counts (named),
             or the judge gave a probability outside [0, 1] (naming the prompt and order).
     """
-    from linepo.judges import JudgeError
+    from linepo.stages.judges import JudgeError
 
     missing = [k for k in rows_a if k not in rows_b] or [k for k in rows_b if k not in rows_a]
     if missing:
@@ -100,7 +100,7 @@ def _bad_value(message: str) -> str:
 
 def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--judge-config") -> dict:
     """Read two generations, judge them (:func:`compare`), write the comparisons file atomically."""
-    from linepo.judges import make_judge
+    from linepo.stages.judges import make_judge
     from linepo.schemas import read_table, write_table
 
     rows_a = _by_key(read_table(path_a, "samples"), path_a)

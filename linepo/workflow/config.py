@@ -4,7 +4,7 @@ Validation fills in the schema's defaults and then checks what a schema cannot (
 preference matrix's P + Pᵀ = 1, a start policy's length). Errors are one line naming
 the config key:
 
-    python -m linepo.config config.yaml      # prints the validated config with defaults
+    python -m linepo.workflow.config config.yaml      # prints the validated config with defaults
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_synthetic(section: dict) -> None:
-    from linepo import games
+    from linepo.games import game as games
 
     for name, setting in section["settings"].items():
         key = f"synthetic.settings.{name}"
@@ -111,8 +111,8 @@ def _check_policy(section: dict) -> None:
 def _check_judge(section: dict) -> None:
     """The synthetic oracle is cheap to build: build it now so a bad matrix fails before planning."""
     if section.get("type") == "synthetic":
-        from linepo.judges import make_judge
-        from linepo.parallel import recipe_view  # data_parallel: how many workers judge, not what a judge is
+        from linepo.stages.judges import make_judge
+        from linepo.stages.parallel import recipe_view  # data_parallel: how many workers judge, not what a judge is
 
         make_judge(recipe_view(section), source="config key judge")
 
@@ -131,7 +131,7 @@ def _check_validation(config: dict) -> None:
 
 def _check_evaluation(config: dict) -> None:
     """Fill in the eval judge (default: ``judge``) and check the named checkpoints exist."""
-    from linepo.evalplan import resolve_evaluation
+    from linepo.workflow.evalplan import resolve_evaluation
 
     config["evaluation"] = resolve_evaluation(config)
 
@@ -156,13 +156,13 @@ def _check_run(key: str, run: dict) -> None:
 
 
 def _check_resources(config: dict) -> None:
-    from linepo.cluster import check_resources
+    from linepo.workflow.cluster import check_resources
 
     check_resources(config)
 
 
 def _check_execution(config: dict) -> None:
-    from linepo.parallel import check_config
+    from linepo.stages.parallel import check_config
 
     check_config(config)
 

@@ -4,7 +4,7 @@
         --out results/sft/mine/model --resume-dir results/sft/mine/model.partial \\
         --epochs 1 --batch-size 32 --learning-rate 2e-5 --warmup-ratio 0.03 --max-length 2048
 
-    from linepo.sft import SFTSettings, train_sft
+    from linepo.stages.sft import SFTSettings, train_sft
     train_sft("Qwen/Qwen2-1.5B", "ultrachat.jsonl", "sft/", resume_dir="sft.partial", settings=SFTSettings())
 
 The paper's SFT policy is Qwen2-1.5B fine-tuned on UltraChat (its code: yale-nlp/COMAL
@@ -15,7 +15,7 @@ only — their text and the end-of-turn token the template closes them with, so 
 learns to stop where a turn ends — nothing on system or user turns.
 
 The loop is ``transformers.Trainer`` (resumable from the side folder ``resume_dir``, like
-:mod:`linepo.training`), the weights fp32 whatever the base's dtype, bf16 autocast on GPUs.
+:mod:`linepo.stages.training`), the weights fp32 whatever the base's dtype, bf16 autocast on GPUs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SFTSettings:
-    """Settings of one SFT run (names as in linepo.training.TrainSettings)."""
+    """Settings of one SFT run (names as in linepo.stages.training.TrainSettings)."""
 
     epochs: float = 1.0  #: passes over the chats
     batch_size: int = 32  #: chats per optimizer step (over all accumulation steps)
@@ -88,7 +88,7 @@ def load_chats(source: str, *, split: str | None = None, column: str = "messages
         InputError: the data cannot be loaded, the column is missing, or a row is not a chat
             with at least one assistant turn.
     """
-    from linepo.prompts import _load_dataset
+    from linepo.stages.prompts import _load_dataset
 
     ds = _load_dataset(source, split, name, None, False)
     if column not in ds.column_names:
@@ -175,8 +175,8 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from linepo.models import resolve_policy, resolve_tokenizer, save_policy
-    from linepo.training import _warmup_arguments, latest_checkpoint
+    from linepo.stages.models import resolve_policy, resolve_tokenizer, save_policy
+    from linepo.stages.training import _warmup_arguments, latest_checkpoint
 
     settings = (settings or SFTSettings()).validate()
     out, resume_dir = Path(out), Path(resume_dir)
@@ -194,7 +194,7 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
     if not features:
         raise InputError(f"{data}: no chat keeps an assistant token within --max-length {settings.max_length}")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    try:  # fp32 master weights whatever the base was saved in (see linepo.training.MASTER_DTYPES)
+    try:  # fp32 master weights whatever the base was saved in (see linepo.stages.training.MASTER_DTYPES)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise InputError(f"{base}: cannot load the base model ({err})") from err

@@ -161,8 +161,8 @@ def load_prompts(
             share a source prompt_id; or no prompt is left.
     """
     if source == EMBEDDED_SOURCE:
-        # The project's own generated prompts (linepo.embedded): split "train" or "eval".
-        from linepo.embedded import prompt_rows
+        # The project's own generated prompts (linepo.toy.world): split "train" or "eval".
+        from linepo.toy.world import prompt_rows
 
         return prompt_rows(split or "train")
     ds = _load_dataset(source, split, name, revision, trust_remote_code)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linepo.games import Trajectory, outer_rounds, trajectory_of
+from linepo.games.game import Trajectory, outer_rounds, trajectory_of
 
 #: algorithm -> (loss name, how the reference evolves)
 SAMPLED_ALGORITHMS = {

@@ -7,7 +7,7 @@ GPU, and the GPU model, which it passes in as ``resources.gpu_model`` of the con
 time grows with each retry (``snakemake --retries N``): attempt k asks for k × ``runtime``
 minutes.
 
-    python -c "from linepo.config import load_config; from linepo.cluster import stage_resources; \
+    python -c "from linepo.workflow.config import load_config; from linepo.workflow.cluster import stage_resources; \
 print(stage_resources(load_config('configs/paper.yaml'), 'train'))"
 """
 

@@ -103,7 +103,7 @@ def run_tournament(groups: dict[str, dict], judge, *, seed: int | None = None, p
 
     Args:
         groups: from :func:`group_samples`.
-        judge: a :class:`linepo.judges.Judge`.
+        judge: a :class:`linepo.stages.judges.Judge`.
         seed: seed of the oracle outcomes (default: the judge's).
         progress: show a tqdm bar (None: only on a terminal).
 
@@ -161,7 +161,7 @@ def judge_samples(samples_path, judge_config: dict | None, out, *, seed: int | N
     Raises:
         InputError: unreadable or schema-mismatched samples, or a bad judge config.
     """
-    from linepo.judges import DEFAULT_JUDGE_CONFIG, make_judge
+    from linepo.stages.judges import DEFAULT_JUDGE_CONFIG, make_judge
 
     groups = group_samples(read_table(samples_path, "samples"), samples_path)
     judge = make_judge(judge_config, source=source)

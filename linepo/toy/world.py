@@ -45,6 +45,10 @@ from linepo.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: The ``source`` the embedded prompts record in every prompts file ("linepo.embedded:train"):
+#: data, kept when the module moved, so that files and node ids stay the same.
+SOURCE_LABEL = "linepo.embedded"
+
 STYLES = ("brief", "plain", "detailed")
 STYLE_FIRST_WORDS = {"brief": "Briefly", "plain": "Sure", "detailed": "Certainly"}
 DEFAULT_STYLE_MIX = (0.2, 0.5, 0.3)  # the paper's start point PAPER_INIT
@@ -145,7 +149,7 @@ def prompts(split: str = "train", num: int | None = None) -> list[str]:
 def prompt_rows(split: str = "train", num: int | None = None) -> list[dict]:
     """Prompts as rows of a "prompts" artefact (prompt_id = sha256 of the text)."""
     return [
-        {"prompt_id": hashlib.sha256(p.encode()).hexdigest(), "prompt": p, "source": f"linepo.embedded:{split}"}
+        {"prompt_id": hashlib.sha256(p.encode()).hexdigest(), "prompt": p, "source": f"{SOURCE_LABEL}:{split}"}
         for p in prompts(split, num)
     ]
 
@@ -357,7 +361,7 @@ def style_token_ids(tokenizer, prompt: str = "Explain gravity.") -> dict[str, in
         InputError: some style word is not a single token after the assistant marker
             (the policy is not an embedded one).
     """
-    from linepo.models import first_response_token_ids
+    from linepo.stages.models import first_response_token_ids
 
     ids = {}
     for style, word in STYLE_FIRST_WORDS.items():
@@ -415,7 +419,7 @@ def sft_features(tokenizer, examples) -> list[dict]:
     ``labels`` is -100 on the prompt (chat template included), so the model learns
     p(response | prompt) and not the prompt distribution.
     """
-    from linepo.models import encode_prompt
+    from linepo.stages.models import encode_prompt
 
     features = []
     for ex in examples:
@@ -506,7 +510,7 @@ def first_token_category_probs(model, tokenizer, prompts, batch_size: int = 64) 
     Raises:
         InputError: the tokenizer does not make each style word one token.
     """
-    from linepo.models import first_response_token_probs
+    from linepo.stages.models import first_response_token_probs
 
     token_ids = [style_token_ids(tokenizer)[s] for s in STYLES]
     probs = first_response_token_probs(model, tokenizer, prompts, batch_size).numpy()  # (N, V)
@@ -558,7 +562,7 @@ def build(
     Raises:
         InputError: bad ``style_mix``, ``steps`` < 1 or ``num_prompts`` out of range.
     """
-    from linepo.models import save_policy
+    from linepo.stages.models import save_policy
 
     if steps < 1:
         raise InputError(f"--steps: must be at least 1, got {steps}")
@@ -598,7 +602,7 @@ def build_random(out, *, seed: int = 0, num_prompts: int = 50, vocab_size: int =
     For tests of anything that needs a real policy folder (sampling, judging, training)
     without the cost of :func:`build`. Returns ``(model, tokenizer)`` as saved.
     """
-    from linepo.models import save_policy
+    from linepo.stages.models import save_policy
 
     examples = corpus(num_prompts, seed=seed, responses_per_prompt=1)
     tokenizer = train_tokenizer([e["prompt"] for e in examples] + [e["response"] for e in examples], vocab_size)

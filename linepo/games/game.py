@@ -3,7 +3,7 @@
 A game is a preference matrix ``P`` with ``P[i, j] = P(y_i ≻ y_j)``. The max-player's
 payoff is ``J(π1, π2) = π1ᵀ P π2 − 1/2``; a Nash policy π* wins at least 50% against every
 other policy. Everything here is exact (noiseless gradients); the sample-based dynamics
-of Figure 2 live in :mod:`linepo.sampled`.
+of Figure 2 live in :mod:`linepo.games.sampled`.
 
 Paper notation is kept: ``eta`` is the *step size* η (the KL weight is 1/η, what DPO code
 calls β), ``tau`` the regularisation τ of the game J_τ.

@@ -3,7 +3,7 @@
     linepo train --policy results/x/policy --scored results/x/scored.parquet --out results/y/policy \\
         --resume-dir results/y/policy.partial --loss inpo --eta 500 --eta-tau 0.333 --epochs 3 --batch-size 32
 
-    from linepo.training import TrainSettings, train_policy
+    from linepo.stages.training import TrainSettings, train_policy
     stats = train_policy("parent/", ["scored.parquet"], "out/", resume_dir="out.partial",
                          settings=TrainSettings(loss="inpo", eta=500, eta_tau=1/3))
 
@@ -14,7 +14,7 @@ KL weight is 1/η (DPO code's β = 1/η) and the IPO/INPO regression target is �
 
 The loop is ``transformers.Trainer``; :class:`PreferenceTrainer` only overrides
 ``compute_loss``: one forward over the chosen and rejected sequences of a batch
-concatenated (2B rows), summed response log-probs (:func:`linepo.scoring.response_logprobs`,
+concatenated (2B rows), summed response log-probs (:func:`linepo.stages.scoring.response_logprobs`,
 the same code that scored π_ref and μ_k), then ``preference_loss`` from
 :mod:`linepo.losses`, averaged over the batch. A non-finite loss stops training at once
 (:class:`NonFiniteLossError`) and nothing is written to the output folder.
@@ -280,7 +280,7 @@ def read_scored(paths, option: str = "--scored") -> "pyarrow.Table":  # noqa: F8
 
 def pair_features(tokenizer, table, max_length: int) -> list[dict]:
     """Training examples: token ids and response masks of both responses plus the precomputed values."""
-    from linepo.scoring import tokenize_pairs
+    from linepo.stages.scoring import tokenize_pairs
 
     features = tokenize_pairs(tokenizer, table.column("prompt").to_pylist(), table.column("chosen").to_pylist(),
                               table.column("rejected").to_pylist(), max_length=max_length,
@@ -303,7 +303,7 @@ class PairCollator:
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        from linepo.scoring import pad_sequences
+        from linepo.stages.scoring import pad_sequences
 
         sequences = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
         masks = [f["chosen_response_mask"] for f in features] + [f["rejected_response_mask"] for f in features]
@@ -320,7 +320,7 @@ class PairCollator:
 def pair_loss(model, batch: dict, loss_name: str, *, eta: float, tau: float):
     """(mean loss, per-pair losses (B,), policy log-probs (2B,)) of a collated batch; with grad."""
     from linepo.losses import PairLogProbs, preference_loss
-    from linepo.scoring import response_logprobs
+    from linepo.stages.scoring import response_logprobs
 
     logps = response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])  # (2B,)
     n = logps.shape[0] // 2
@@ -607,7 +607,7 @@ class PreferenceTraining:
             raise InputError(f"--resume-dir {self.resume_dir}: must lie outside --out {self.out} (and not contain it)")
 
     def _load_policy(self):
-        from linepo.models import load_policy
+        from linepo.stages.models import load_policy
 
         # The parent is upcast to the master dtype whatever dtype it was saved in; bf16 autocast
         # (settings.bf16) then runs the matmuls in bf16 while AdamW updates fp32 weights.
@@ -765,7 +765,7 @@ class PreferenceTraining:
         if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
             self._save_sharded(folder)
         elif trainer.args.should_save:
-            from linepo.models import save_policy
+            from linepo.stages.models import save_policy
 
             model = trainer.accelerator.unwrap_model(trainer.model)
             was_training = model.training

@@ -3,7 +3,7 @@
     linepo score --preferences results/x/preferences.parquet --reference results/sft/policy \\
         --anchor results/x/policy --out results/x/scored.parquet --batch-size 32 --max-length 512
 
-    from linepo.scoring import sequence_logprobs, score_preferences
+    from linepo.stages.scoring import sequence_logprobs, score_preferences
     logps = sequence_logprobs(model, tokenizer, prompts, responses, batch_size=32, max_length=512)  # (B,)
 
 A sequence is ``encode_prompt(prompt) + tokens(response) + [stop]``, where stop is the token
@@ -81,10 +81,10 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finish
 
     ``response_mask[t]`` is 1 where token t belongs to the response (its stop token included
     where it ``finished``; see :func:`_response_ids`): the positions whose next-token
-    log-prob is summed. Prompts go through :func:`linepo.models.encode_prompt` (chat
+    log-prob is summed. Prompts go through :func:`linepo.stages.models.encode_prompt` (chat
     template when there is one).
     """
-    from linepo.models import encode_prompt
+    from linepo.stages.models import encode_prompt
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -247,7 +247,7 @@ def _score_with(path, prompts, chosen, rejected, finished, stops, *, batch_size,
     """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
     import torch
 
-    from linepo.models import load_policy
+    from linepo.stages.models import load_policy
 
     model, tokenizer = load_policy(path, trust_remote_code=trust_remote_code, dtype=dtype)
     stats: dict = {}

@@ -12,7 +12,7 @@ One step k of a run, in round r on prompt split s (Algorithm 4, one iteration):
                                                                                          │
     μ_k ──────────────────────────────────train(loss, η, ητ)──────────────────────────────▶ μ_{k+1}
 
-    python -m linepo.plan config.yaml       # print the plan's node counts and run schedules
+    python -m linepo.workflow.plan config.yaml       # print the plan's node counts and run schedules
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from linepo.parallel import recipe_view
+from linepo.stages.parallel import recipe_view
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
@@ -189,7 +189,7 @@ def _section(config: dict, key: str) -> dict:
 
 
 def build_plan(config: dict) -> Plan:
-    """The plan of a *validated* config (see :func:`linepo.config.validate_config`)."""
+    """The plan of a *validated* config (see :func:`linepo.workflow.config.validate_config`)."""
     policy_cfg = _section(config, "policy")
     sft_recipe = {"sft": policy_cfg["sft"], "dtype": policy_cfg["dtype"]}
     if policy_cfg["sft"] == "embedded":
@@ -313,6 +313,6 @@ def describe(plan: Plan) -> str:
 
 
 if __name__ == "__main__":
-    from linepo.config import load_config
+    from linepo.workflow.config import load_config
 
     print(describe(build_plan(load_config(sys.argv[1] if len(sys.argv) > 1 else "config.yaml"))))

@@ -1,6 +1,6 @@
 """Load, save and prompt any Hugging Face causal LM: the one way policies enter and leave linepo.
 
-    from linepo.models import load_policy, save_policy, format_prompt
+    from linepo.stages.models import load_policy, save_policy, format_prompt
     model, tokenizer = load_policy("results/embedded/policy")        # a local folder
     model, tokenizer = load_policy("Qwen/Qwen2-1.5B-Instruct", dtype="bfloat16")  # a hub id
     save_policy(model, tokenizer, "results/linepo/round1/policy")

@@ -1,7 +1,7 @@
 """The evaluation DAG: which checkpoints are evaluated, and content-addressed ids for their
 generations and pairwise comparisons (paper Table 2 and Figure 3).
 
-Ids are hashes of recipes, like :mod:`linepo.plan`'s:
+Ids are hashes of recipes, like :mod:`linepo.workflow.plan`'s:
 
 - a *generation* (a checkpoint answering the eval prompts) is keyed by (policy id, eval
   prompts id, decoding settings, runtime): a changed judge never regenerates. Its sampling
@@ -17,7 +17,7 @@ Checkpoints are SFT, every run's final policy, and the intermediate ones named u
 ``evaluation.checkpoints`` (``inpo_r2: {run: inpo, round: 2}`` → "INPO-R2"), ordered like
 the paper's Table 2. Model-free: imported by the Snakefile and by config validation.
 
-    python -m linepo.evalplan config.yaml      # print checkpoints and job counts
+    python -m linepo.workflow.evalplan config.yaml      # print checkpoints and job counts
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import sys
 from dataclasses import dataclass, field
 
 from linepo.errors import InputError
-from linepo.parallel import recipe_view
-from linepo.plan import ALGORITHMS, ONE_PASS, Plan, recipe_id
+from linepo.stages.parallel import recipe_view
+from linepo.workflow.plan import ALGORITHMS, ONE_PASS, Plan, recipe_id
 
 #: Display labels by algorithm, and the paper's Table 2 order of rows and columns.
 ALGORITHM_LABELS = {"dpo": "DPO", "ipo": "IPO", "iter_ipo": "Iter-IPO", "sppo": "SPPO",
@@ -123,7 +123,7 @@ def resolve_evaluation(config: dict) -> dict:
     if section["judge"] is None:
         section["judge"] = copy.deepcopy(config["judge"])
     elif section["judge"].get("type") == "synthetic":
-        from linepo.judges import make_judge  # numpy only: a bad matrix fails before planning
+        from linepo.stages.judges import make_judge  # numpy only: a bad matrix fails before planning
 
         make_judge(recipe_view(section["judge"]), source="config key evaluation.judge")
     runs = config["runs"]
@@ -241,8 +241,8 @@ def describe(eplan: EvalPlan) -> str:
 
 
 if __name__ == "__main__":
-    from linepo.config import load_config
-    from linepo.plan import build_plan
+    from linepo.workflow.config import load_config
+    from linepo.workflow.plan import build_plan
 
     cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else "config.yaml")
     print(describe(build_eval_plan(cfg, build_plan(cfg))))

@@ -31,7 +31,7 @@ def game_figure(trajectory_paths, out: str | Path, *, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     from linepo.schemas import atomic_path
-    from linepo.synthetic import load_trajectory
+    from linepo.games.runs import load_trajectory
 
     runs = [load_trajectory(path) for path in trajectory_paths]
     count = len(runs)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from linepo import games
-from linepo.sampled import SAMPLED_ALGORITHMS
+from linepo.games import game as games
+from linepo.games.sampled import SAMPLED_ALGORITHMS
 
 EXACT_ALGORITHMS = ("md", "linepo", "inpo", "omwu", "mirror_prox")
 ALGORITHMS = EXACT_ALGORITHMS + tuple(SAMPLED_ALGORITHMS)
@@ -52,7 +52,7 @@ def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULT
     if algorithm == "mirror_prox":
         return games.mirror_prox(matrix, init, eta=s.eta, iterations=s.iterations)
     if algorithm in SAMPLED_ALGORITHMS:
-        from linepo.sampled import run_sampled  # torch: imported only for sampled runs
+        from linepo.games.sampled import run_sampled  # torch: imported only for sampled runs
 
         return run_sampled(
             algorithm, matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations,

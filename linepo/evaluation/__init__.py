@@ -1,0 +1,1 @@
+"""Evaluation: win rates between checkpoints, exploitability under the synthetic oracle, figures."""

@@ -1,0 +1,1 @@
+"""Planning the Snakemake DAG: config validation, the algorithm registry, content-addressed plans, cluster resources."""
