@@ -1,24 +1,54 @@
-# Config validation and helpers shared by all rule files. Logic lives in linepo/.
+# What every rule file shares: the validated config, the plans, wildcard patterns, job
+# resources and the target lists. Logic lives in linepo/ (linepo.workflow.wiring).
+import json
 import sys
 
-from linepo.workflow.config import validate_config
 from linepo.errors import InputError
+from linepo.workflow.cluster import STAGES, stage_resources
+from linepo.workflow.config import validate_config
+from linepo.workflow.plan import Plan
+from linepo.workflow.wiring import ID, NAME, Wiring, checked, cli_flags, node_seed
 
 try:
     config = validate_config(config)
+    WIRING = Wiring(config)
 except InputError as err:
     # One clear line and a non-zero exit before any job is planned.
     print(f"linepo: {err}", file=sys.stderr)
     sys.exit(1)
 
-WILDCARD_NAME = "[A-Za-z0-9_]+"
+PLAN = WIRING.plan
+EVAL = WIRING.eval
+PATHS = Plan.TEMPLATES
+POLICY = config["policy"]
+REMOTE_CODE = WIRING.remote_code
+RUNTIME = WIRING.runtime
+
+# Node ids are 12 hex digits, names are config keys; a path can then only match its own rule.
+wildcard_constraints:
+    sft=ID,
+    prompts=ID,
+    sample=ID,
+    prefs=ID,
+    scored=ID,
+    policy=ID,
+    generation=ID,
+    comparison=ID,
+    run=NAME,
+    setting=NAME,
+    algorithm=NAME,
+    checkpoint="|".join(c.name for c in EVAL.checkpoints) or "sft",
 
 # Per-stage job resources from config["resources"] (gpu, mem_mb, runtime growing with each
 # retry, the GPU model for GPU jobs): a rule asks for them with `resources: **RESOURCES["train"]`;
 # profiles/slurm adds partition, account and CPUs per GPU.
-from linepo.workflow.cluster import STAGES, stage_resources
-
 RESOURCES = {stage: stage_resources(config, stage) for stage in STAGES}
+# A model judge needs the judge's GPUs; the synthetic oracle is numpy only.
+COMPARE_RESOURCES = RESOURCES["judge"] if EVAL.judge["type"] != "synthetic" else {"mem_mb": 2000, "runtime": 30}
+
+# `rule all` (Snakefile): every run's schedule and exploitability, and the evaluation.
+LLM_TARGETS = WIRING.llm_targets()
+EVAL_TARGETS = WIRING.eval_targets()
 
 # Jobs that run where snakemake runs (a login node) rather than as cluster jobs: light
 # ones, and the prompt downloads (compute nodes often have no internet).

@@ -3,24 +3,20 @@
 # embedded policy), collected in one table and printed.
 #   snakemake results/summary/exploitability.tsv --cores 2
 
-SYNTHETIC_JUDGE = config["judge"]["type"] == "synthetic"
-EVALUATED = {"sft": PLAN.sft, **{run: PLAN.final_policy(run) for run in PLAN.runs}}
-
-
 rule exploitability:
     input:
         policy=lambda wc: PLAN.policy_inputs(wc.policy),
         prompts=PLAN.eval_prompts_path(),
     output:
-        "results/eval/exploitability/{policy}.json",
+        PATHS["exploitability"],
     params:
         policy=lambda wc: PLAN.policy_dir(wc.policy),
-        judge=json.dumps(recipe_view(config["judge"]), sort_keys=True),
-        runtime=f"--dtype {POLICY['dtype']} {REMOTE_CODE}",
+        judge=json.dumps(config["judge"], sort_keys=True),
+        runtime=RUNTIME,
     log:
         "logs/eval/exploitability/{policy}.log",
-    wildcard_constraints:
-        policy=ID,
+    benchmark:
+        "benchmarks/eval/exploitability/{policy}.tsv"
     resources:
         **RESOURCES["evaluate"],
     shell:
@@ -30,20 +26,14 @@ rule exploitability:
 
 rule exploitability_table:
     input:
-        [f"results/eval/exploitability/{policy}.json" for policy in EVALUATED.values()],
+        [PLAN.exploitability_path(policy) for policy in WIRING.evaluated.values()],
     output:
         "results/summary/exploitability.tsv",
     params:
-        reports=" ".join(f"--report {name}=results/eval/exploitability/{policy}.json"
-                         for name, policy in EVALUATED.items()),
+        reports=" ".join(f"--report {name}={PLAN.exploitability_path(policy)}" for name, policy in WIRING.evaluated.items()),
     localrule: True
     shell:
         "linepo exploitability-table {params.reports} --out {output}"
-
-
-LLM_TARGETS = [f"results/runs/{run}/steps.tsv" for run in PLAN.runs]
-if SYNTHETIC_JUDGE and PLAN.runs:
-    LLM_TARGETS.append("results/summary/exploitability.tsv")
 
 
 # ---------------------------------------------------------------- win rates (Table 2, Figure 3)
@@ -54,20 +44,6 @@ if SYNTHETIC_JUDGE and PLAN.runs:
 # generations × eval judge, so a new checkpoint adds its row and column only and a new eval
 # judge re-judges without regenerating. Outputs in results/summary/, figures in the report:
 #   snakemake --cores 2 && snakemake --report report.html
-from linepo.workflow.evalplan import build_eval_plan
-
-EVAL = build_eval_plan(config, PLAN)
-EVAL_CFG = config["evaluation"]
-EVALUATING = EVAL_CFG["enabled"] and bool(PLAN.runs)
-EVAL_CHECKPOINTS = "|".join(c.name for c in EVAL.checkpoints) or "sft"
-# A model judge needs the judge's GPUs; the synthetic oracle is numpy only.
-COMPARE_RESOURCES = RESOURCES["judge"] if EVAL.judge["type"] != "synthetic" else {"mem_mb": 2000, "runtime": 30}
-
-
-def eval_spec(**values):
-    return json.dumps(values, sort_keys=True)
-
-
 rule eval_generate:
     input:
         policy=lambda wc: PLAN.policy_inputs(EVAL.generations[wc.generation]),
@@ -78,11 +54,11 @@ rule eval_generate:
         policy=lambda wc: PLAN.policy_dir(EVAL.generations[wc.generation]),
         decoding=EVAL.decoding,
         seed=lambda wc: EVAL.generation_seed(wc.generation),  # its own: independent of other checkpoints'
-        runtime=f"--dtype {POLICY['dtype']} {REMOTE_CODE}",
+        runtime=RUNTIME,
     log:
         "logs/eval/generations/{generation}.log",
-    wildcard_constraints:
-        generation=ID,
+    benchmark:
+        "benchmarks/eval/generations/{generation}.tsv"
     threads: 1
     resources:
         **RESOURCES["evaluate"],
@@ -104,8 +80,8 @@ rule eval_compare:
         judge=json.dumps(EVAL.judge, sort_keys=True),
     log:
         "logs/eval/comparisons/{comparison}.log",
-    wildcard_constraints:
-        comparison=ID,
+    benchmark:
+        "benchmarks/eval/comparisons/{comparison}.tsv"
     localrule: EVAL.judge["type"] == "synthetic"  # numpy only: not worth a cluster job
     resources:
         **COMPARE_RESOURCES,
@@ -121,8 +97,6 @@ rule alpaca_eval_export:
         "results/eval/alpaca_eval/{checkpoint}/model_outputs.json",
     params:
         generator=lambda wc: EVAL.checkpoint(wc.checkpoint).label,
-    wildcard_constraints:
-        checkpoint=EVAL_CHECKPOINTS,
     localrule: True
     shell:
         "linepo alpaca-export --generations {input.generation} --prompts {input.prompts} "
@@ -140,13 +114,9 @@ rule win_rate_matrix:
         pairs="results/summary/win_rates_pairs.tsv",
         figure=report("results/summary/win_rates.png", caption="../report/win_rates.rst", category="Evaluation"),
     params:
-        spec=eval_spec(
-            checkpoints=[{"name": c.name, "label": c.label, "generation": c.generation} for c in EVAL.checkpoints],
-            comparisons={c: {"a": EVAL.comparisons[c][0], "b": EVAL.comparisons[c][1], "path": EVAL.comparison_path(c)}
-                         for c in EVAL.matrix_comparisons()},
-        ),
-        bootstrap=EVAL_CFG["bootstrap"],
-        seed=EVAL_CFG["seed"],
+        spec=EVAL.matrix_spec(),
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["evaluation"]["seed"],
     log:
         "logs/eval/win_rates.log",
     localrule: True
@@ -156,29 +126,17 @@ rule win_rate_matrix:
         "--pairs {output.pairs} --figure {output.figure} > {log} 2>&1"
 
 
-CURVE_POINTS = [p for points in EVAL.curves.values() for p in points]
-
-
 rule eval_curves:
     input:
         comparisons=[EVAL.comparison_path(c) for c in EVAL.curve_comparisons()],
-        generations=sorted({EVAL.generation_path(p.generation) for p in CURVE_POINTS}),
+        generations=EVAL.curve_generation_paths(),
     output:
         tsv="results/summary/curves.tsv",
         figure=report("results/summary/curves.png", caption="../report/curves.rst", category="Evaluation"),
     params:
-        spec=eval_spec(
-            runs={run: {"label": EVAL.run_labels[run],
-                        "round_length": EVAL.round_length[run],
-                        "points": [{"iteration": p.iteration, "round": p.round, "split": p.split,
-                                    "generation": p.generation, "comparison": p.comparison,
-                                    "sft_generation": EVAL.sft_generation} for p in points]}
-                  for run, points in EVAL.curves.items()},
-            generations={p.generation: EVAL.generation_path(p.generation) for p in CURVE_POINTS},
-            comparisons={c: EVAL.comparison_path(c) for c in EVAL.curve_comparisons()},
-        ),
-        bootstrap=EVAL_CFG["bootstrap"],
-        seed=EVAL_CFG["seed"],
+        spec=EVAL.curves_spec(),
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["evaluation"]["seed"],
     log:
         "logs/eval/curves.log",
     localrule: True
@@ -187,36 +145,19 @@ rule eval_curves:
         "--tsv {output.tsv} --figure {output.figure} > {log} 2>&1"
 
 
-EXPLOITABILITY_OF = ({c.name: f"results/eval/exploitability/{c.policy}.json" for c in EVAL.checkpoints}
-                     if SYNTHETIC_JUDGE else {})
-
-
 rule eval_summary:
     input:
         matrix="results/summary/win_rates.csv",
         hard="results/summary/win_rates_hard.csv",
-        generations=sorted({EVAL.generation_path(c.generation) for c in EVAL.checkpoints}),
-        exploitability=sorted(set(EXPLOITABILITY_OF.values())),
+        generations=EVAL.summary_generation_paths(),
+        exploitability=sorted(set(EVAL.exploitability_reports(PLAN, WIRING.synthetic_judge).values())),
     output:
         report("results/summary/evaluation.tsv", caption="../report/summary.rst", category="Evaluation"),
     params:
-        spec=eval_spec(
-            checkpoints=[{"name": c.name, "label": c.label, "generation": c.generation,
-                          "policy": PLAN.policy_dir(c.policy)} for c in EVAL.checkpoints],
-            generations={c.generation: EVAL.generation_path(c.generation) for c in EVAL.checkpoints},
-            exploitability=EXPLOITABILITY_OF,
-        ),
+        spec=EVAL.summary_spec(PLAN, WIRING.synthetic_judge),
     log:
         "logs/eval/summary.log",
     localrule: True
     shell:
         "linepo eval-summary --spec {params.spec:q} --matrix {input.matrix} --hard-matrix {input.hard} "
         "--out {output} 2> {log}"
-
-
-EVAL_TARGETS = []
-if EVALUATING:
-    EVAL_TARGETS = ["results/summary/win_rates.csv", "results/summary/evaluation.tsv"]
-    EVAL_TARGETS += [f"results/eval/alpaca_eval/{c.name}/model_outputs.json" for c in EVAL.checkpoints]
-    if EVAL.curves:
-        EVAL_TARGETS.append("results/summary/curves.tsv")

@@ -4,60 +4,7 @@
 # parameter makes new ids from that step on, and changing it back finds the old files.
 #   snakemake --cores 2                 # everything in config.yaml
 #   snakemake results/runs/linepo/steps.tsv --cores 2   # one run, up to its final policy
-import json
-
-from linepo.stages.parallel import recipe_view, shard_count
-from linepo.workflow.plan import build_plan
-
-PLAN = build_plan(config)
-ID = "[0-9a-f]{12}"
-POLICY = config["policy"]
-REMOTE_CODE = "--trust-remote-code" if POLICY["trust_remote_code"] else ""
-
-
-def node_seed(node_id):
-    """A per-node RNG seed derived from its id: reproducible, different for every node."""
-    return int(node_id[:8], 16)
-
-
-def flags(values, names):
-    """`--a-b value` for each of ``names`` present (not None) in ``values``."""
-    parts = []
-    for name in names:
-        value = values.get(name)
-        if value is not None:
-            parts.append(f"--{name.replace('_', '-')} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
-    return " ".join(parts)
-
-
-# How many processes run a step comes from the GPUs its job gets (resources.<stage>.gpu, or a
-# profile's override) unless the config says: params that are callables of `resources` are
-# not tracked by Snakemake, so a new GPU count reruns nothing (sharded == unsharded output).
-SAMPLING = recipe_view(config["sampling"])
-ACCELERATE_CONFIG = config["training"].get("accelerate_config")
-
-
-def sample_shards(wildcards, resources):
-    per_shard = SAMPLING["tensor_parallel_size"] if SAMPLING["backend"] == "vllm" else 1
-    return shard_count(config["sampling"], resources.gpu, per_shard)
-
-
-def judge_shards(wildcards, resources):
-    return shard_count(config["judge"], resources.gpu)
-
-
-def train_launch(wildcards, resources):
-    """``--num-processes N`` (one per GPU of the job) and the accelerate config, for linepo train."""
-    launch = f"--num-processes {shard_count({}, resources.gpu)}"
-    return launch + (f" --accelerate-config {ACCELERATE_CONFIG}" if ACCELERATE_CONFIG else "")
-
-
-def checked(table, node_id, wildcards):
-    """The plan's node for an id, after checking the path's round/split agree with it."""
-    node = table[node_id]
-    if str(node.round) != wildcards.round or node.split != wildcards.split:
-        raise ValueError(f"node {node_id} belongs to r{node.round}/s{node.split}, not r{wildcards.round}/s{wildcards.split}")
-    return node
+# Rules only wire files to `linepo` commands; helpers, plans and patterns: rules/common.smk.
 
 
 # ---------------------------------------------------------------- SFT policy and prompts
@@ -66,14 +13,14 @@ if POLICY["sft"] == "embedded":
 
     rule sft_embedded:
         output:
-            directory("results/sft/{sft}/model"),
+            directory(PATHS["sft"]),
         params:
             embedded=POLICY["embedded"],
             style_mix=" ".join(str(x) for x in POLICY["embedded"]["style_mix"]),
         log:
             "logs/sft/{sft}.log",
-        wildcard_constraints:
-            sft=ID,
+        benchmark:
+            "benchmarks/sft/{sft}.tsv"
         threads: 1
         resources:
             mem_mb=4000,
@@ -89,7 +36,7 @@ elif POLICY["sft"] == "build":
     # resumable from its side folder like the train rule.
     rule sft_build:
         output:
-            directory("results/sft/{sft}/model"),
+            directory(PATHS["sft"]),
         params:
             build=POLICY["build"],
             settings=json.dumps({k: v for k, v in POLICY["build"].items()
@@ -98,8 +45,8 @@ elif POLICY["sft"] == "build":
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
         log:
             "logs/sft/{sft}.log",
-        wildcard_constraints:
-            sft=ID,
+        benchmark:
+            "benchmarks/sft/{sft}.tsv"
         threads: 1
         resources:
             **RESOURCES["train"],
@@ -115,14 +62,14 @@ else:
     # with its tokenizer and chat template. Where snakemake runs, like the prompt downloads.
     rule sft_import:
         output:
-            directory("results/sft/{sft}/model"),
+            directory(PATHS["sft"]),
         params:
             source=POLICY["sft"],
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
         log:
             "logs/sft/{sft}.log",
-        wildcard_constraints:
-            sft=ID,
+        benchmark:
+            "benchmarks/sft/{sft}.tsv"
         localrule: True
         shell:
             "linepo import-policy --source {params.source:q} {params.tokenizer} --dtype {POLICY[dtype]} "
@@ -131,14 +78,12 @@ else:
 
 rule prompt_splits:
     output:
-        expand("results/prompts/{{prompts}}/shard-{split}.parquet", split=range(PLAN.num_splits)),
+        expand(PATHS["prompt_split"].replace("{prompts}", "{{prompts}}"), split=range(PLAN.num_splits)),
     params:
         prompts=config["prompts"],
-        flags=flags(config["prompts"], ["split", "prompt_column", "max_prompts"]),
+        flags=cli_flags(config["prompts"], ["split", "prompt_column", "max_prompts"]),
     log:
         "logs/prompts/{prompts}.log",
-    wildcard_constraints:
-        prompts=ID,
     resources:
         mem_mb=2000,
         runtime=20,
@@ -149,32 +94,24 @@ rule prompt_splits:
 
 rule eval_prompts:
     output:
-        "results/prompts/eval-{prompts}.parquet",
+        PATHS["eval_prompts"],
     params:
         prompts=config["eval_prompts"],
-        flags=flags(
-            {**config["eval_prompts"], "split": config["eval_prompts"]["split"] or
-             ("eval" if config["eval_prompts"]["source"] == "embedded" else None)},
-            ["split", "prompt_column", "max_prompts", "name"],
-        ),
+        flags=WIRING.eval_prompt_flags(),
     log:
         "logs/prompts/eval-{prompts}.log",
-    wildcard_constraints:
-        prompts=ID,
     shell:
         "linepo prompts --source {params.prompts[source]:q} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule validation_prompts:
     output:
-        "results/prompts/val-{prompts}.parquet",
+        PATHS["validation_prompts"],
     params:
         prompts=config["validation"]["prompts"],
-        flags=flags(config["validation"]["prompts"], ["split", "prompt_column", "max_prompts", "name"]),
+        flags=cli_flags(config["validation"]["prompts"], ["split", "prompt_column", "max_prompts", "name"]),
     log:
         "logs/prompts/val-{prompts}.log",
-    wildcard_constraints:
-        prompts=ID,
     localrule: True
     shell:
         "linepo prompts --source {params.prompts[source]:q} {params.flags} --out {output} > {log} 2>&1"
@@ -188,16 +125,16 @@ rule sample:
         policy=lambda wc: PLAN.policy_inputs(checked(PLAN.samples, wc.sample, wc).policy),
         prompts=lambda wc: PLAN.prompts_path(checked(PLAN.samples, wc.sample, wc).split),
     output:
-        "results/samples/r{round}/s{split}/{sample}.parquet",
+        PATHS["samples"],
     params:
         policy=lambda wc: PLAN.policy_dir(PLAN.samples[wc.sample].policy),
-        sampling=SAMPLING,
+        sampling=config["sampling"],
         seed=lambda wc: node_seed(wc.sample),
-        shards=sample_shards,
+        shards=WIRING.sample_shards,
     log:
         "logs/samples/r{round}/s{split}/{sample}.log",
-    wildcard_constraints:
-        sample=ID,
+    benchmark:
+        "benchmarks/samples/r{round}/s{split}/{sample}.tsv"
     threads: 1
     resources:
         **RESOURCES["sample"],
@@ -213,15 +150,15 @@ rule judge:
     input:
         samples=lambda wc: PLAN.samples_path(checked(PLAN.prefs, wc.prefs, wc).sample),
     output:
-        "results/prefs/r{round}/s{split}/{prefs}/judgments.parquet",
+        PATHS["judgments"],
     params:
-        judge=json.dumps(recipe_view(config["judge"]), sort_keys=True),
+        judge=json.dumps(config["judge"], sort_keys=True),
         seed=lambda wc: node_seed(wc.prefs),
-        shards=judge_shards,
+        shards=WIRING.judge_shards,
     log:
         "logs/prefs/r{round}/s{split}/{prefs}/judge.log",
-    wildcard_constraints:
-        prefs=ID,
+    benchmark:
+        "benchmarks/prefs/r{round}/s{split}/{prefs}/judge.tsv"
     resources:
         **RESOURCES["judge"],
     shell:
@@ -232,16 +169,14 @@ rule judge:
 rule pairs:
     input:
         samples=lambda wc: PLAN.samples_path(checked(PLAN.prefs, wc.prefs, wc).sample),
-        judgments="results/prefs/r{round}/s{split}/{prefs}/judgments.parquet",
+        judgments=PATHS["judgments"],
     output:
-        "results/prefs/r{round}/s{split}/{prefs}/prefs.parquet",
+        PATHS["prefs"],
     params:
         selection=config["preferences"]["selection"],
         outcomes="--use-outcomes" if config["preferences"]["use_outcomes"] else "",
     log:
         "logs/prefs/r{round}/s{split}/{prefs}/pairs.log",
-    wildcard_constraints:
-        prefs=ID,
     resources:
         mem_mb=2000,
         runtime=10,
@@ -259,16 +194,16 @@ rule score:
         reference=lambda wc: PLAN.policy_inputs(PLAN.scored[wc.scored].reference),
         anchor=lambda wc: PLAN.policy_inputs(PLAN.scored[wc.scored].anchor),
     output:
-        "results/scored/r{round}/s{split}/{scored}.parquet",
+        PATHS["scored"],
     params:
         reference=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].reference),
         anchor=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].anchor),
         scoring=config["scoring"],
-        runtime=f"--dtype {POLICY['dtype']} {REMOTE_CODE}",
+        runtime=RUNTIME,
     log:
         "logs/scored/r{round}/s{split}/{scored}.log",
-    wildcard_constraints:
-        scored=ID,
+    benchmark:
+        "benchmarks/scored/r{round}/s{split}/{scored}.tsv"
     threads: 1
     resources:
         **RESOURCES["score"],
@@ -284,17 +219,17 @@ rule train:
         scored=lambda wc: [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].scored],
         validation=lambda wc: [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].validation],
     output:
-        directory("results/policies/r{round}/s{split}/{policy}/model"),
+        directory(PATHS["policy"]),
     params:
         parent=lambda wc: PLAN.policy_dir(PLAN.policies[wc.policy].parent),
         settings=lambda wc: json.dumps(PLAN.train_settings(wc.policy), sort_keys=True),
         validation=lambda wc: " ".join(["--validation"] + [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].validation])
         if PLAN.policies[wc.policy].validation else "",
-        launch=train_launch,
+        launch=WIRING.train_launch,
     log:
         "logs/policies/r{round}/s{split}/{policy}.log",
-    wildcard_constraints:
-        policy=ID,
+    benchmark:
+        "benchmarks/policies/r{round}/s{split}/{policy}.tsv"
     threads: 1
     resources:
         **RESOURCES["train"],
@@ -314,15 +249,9 @@ rule run_steps:
     input:
         lambda wc: [PLAN.policy_dir(step.policy) for step in PLAN.runs[wc.run]],
     output:
-        "results/runs/{run}/steps.tsv",
+        PATHS["steps"],
     params:
-        steps=lambda wc: json.dumps([
-            {"round": s.round, "split": s.split, "policy": PLAN.policy_dir(s.policy),
-             "reference": PLAN.policy_dir(s.reference), "reference_moved": s.reference_moved}
-            for s in PLAN.runs[wc.run]
-        ]),
-    wildcard_constraints:
-        run="[A-Za-z0-9_]+",
+        steps=lambda wc: WIRING.steps_json(wc.run),
     localrule: True
     shell:
         "linepo run-steps --steps {params.steps:q} --out {output}"

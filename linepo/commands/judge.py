@@ -13,7 +13,7 @@ with one line naming it, and writes nothing.
 on contiguous blocks of whole prompts (sizes differ by at most one: no prompt is
 dropped), and concatenates their judgments in prompt order into the file the unsharded
 command writes (the oracle's coin is a hash of seed, prompt and texts): see
-:mod:`linepo.stages.parallel`. A ``data_parallel`` key in the judge config is ignored here.
+:mod:`linepo.stages.parallel`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from linepo.stages.judges import load_judge_config
-    from linepo.stages.parallel import recipe_view
     from linepo.stages.preferences import judge_samples
 
     if args.out.suffix != ".parquet":
@@ -56,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         config, source = None, "embedded judge config"
     else:
         config, source = load_judge_config(args.judge_config)
-        config = recipe_view(config)  # how many workers is not part of what the judge is
+        if "data_parallel" in config:  # how many workers judge is a flag, not part of what a judge is
+            raise InputError(f"{source} key data_parallel: not a judge setting; give --data-parallel")
     if args.data_parallel < 1:
         raise InputError(f"--data-parallel: must be an integer >= 1, got {args.data_parallel}")
     if args.data_parallel > 1:
@@ -76,11 +76,9 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
 
     Returns the exit code, or None when there are fewer than two prompts (nothing to share).
     """
-    import time
-
-    from linepo.stages.parallel import device_groups, run_shards, shard_bounds, shard_folder
+    from linepo.schemas import read_table, write_table
+    from linepo.stages.parallel import run_sharded_command, shard_bounds
     from linepo.stages.preferences import group_samples
-    from linepo.schemas import read_metadata, read_table, write_table
 
     table = read_table(args.samples, "samples")
     groups = group_samples(table, args.samples)  # a repeated (prompt_id, sample_index) fails here, once
@@ -93,39 +91,29 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
         return None
     position = {pid: i for i, pid in enumerate(order)}
     bounds = shard_bounds(len(order), args.data_parallel)
-    devices = device_groups(len(bounds), 1, "--data-parallel")
     prompt_ids = table.column("prompt_id").to_pylist()
-    start = time.perf_counter()
-    with shard_folder(args.out) as folder:
-        for k, (lo, hi) in enumerate(bounds):
-            rows = [i for i, pid in enumerate(prompt_ids) if lo <= position[pid] < hi]
-            write_table(table.take(rows).to_pylist(), folder / f"samples-{k}.parquet", "samples")
 
-        def worker_args(k):
-            extra = ["--judge-config", json.dumps(config)] if config is not None else []
-            extra += ["--seed", str(args.seed)] if args.seed is not None else []
-            return ["--samples", str(folder / f"samples-{k}.parquet"),
-                    "--out", str(folder / f"judgments-{k}.parquet"), "--no-progress", *extra]
+    def write_input(k, lo, hi, path):
+        rows = [i for i, pid in enumerate(prompt_ids) if lo <= position[pid] < hi]
+        write_table(table.take(rows).to_pylist(), path, "samples")
 
-        failed = run_shards("judge", bounds, devices, worker_args)
-        if failed is not None:
-            return failed
-        merged: dict[str, list] = {}
-        counts: dict[str, int] = {}
-        metadata = None
-        for k in range(len(bounds)):
-            path = folder / f"judgments-{k}.parquet"
-            for name, values in read_table(path, "judgments").to_pydict().items():
-                merged.setdefault(name, []).extend(values)
-            shard_metadata = read_metadata(path)
-            for key, value in shard_metadata.get("counts", {}).items():
-                counts[key] = counts.get(key, 0) + value
-            metadata = shard_metadata
-    metadata["counts"] = counts
-    write_table(merged, args.out, "judgments", metadata=metadata)
-    seconds = time.perf_counter() - start
-    stats = {**counts, "shards": len(bounds), "seconds": round(seconds, 3),
-             "comparisons_per_s": round(counts.get("comparisons", 0) / seconds, 1) if seconds > 0 else None}
+    def worker_args(inputs, output):
+        extra = ["--judge-config", json.dumps(config)] if config is not None else []
+        extra += ["--seed", str(args.seed)] if args.seed is not None else []
+        return ["--samples", str(inputs), "--out", str(output), "--no-progress", *extra]
+
+    merged = run_sharded_command("judge", args.out, bounds, 1, "--data-parallel", write_input=write_input,
+                                 worker_args=worker_args, kind="judgments")
+    if isinstance(merged, int):
+        return merged
+    counts: dict[str, int] = {}
+    for shard_metadata in merged.metadata:
+        for key, value in shard_metadata.get("counts", {}).items():
+            counts[key] = counts.get(key, 0) + value
+    metadata = {**merged.metadata[-1], "counts": counts}
+    write_table(merged.rows, args.out, "judgments", metadata=metadata)
+    stats = {**counts, "shards": len(bounds), "seconds": round(merged.seconds, 3),
+             "comparisons_per_s": round(counts.get("comparisons", 0) / merged.seconds, 1) if merged.seconds > 0 else None}
     print(f"linepo judge: wrote {args.out}: {stats.get('comparisons')} comparisons of {stats.get('prompts')} prompts, "
           f"{stats.get('failed')} failed, {stats['comparisons_per_s']} comparisons/s over {len(bounds)} shards",
           file=sys.stderr)

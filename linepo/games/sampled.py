@@ -19,16 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from linepo.algorithms import sampled_dynamics
 from linepo.games.game import Trajectory, outer_rounds, trajectory_of
 
-#: algorithm -> (loss name, how the reference evolves)
-SAMPLED_ALGORITHMS = {
-    "iter_dpo": ("dpo", "current"),
-    "iter_ipo": ("ipo", "current"),
-    "sppo": ("sppo", "current"),
-    "inpo_sampled": ("inpo", "fixed"),
-    "linepo_sampled": ("inpo", "moving"),
-}
+#: algorithm -> (loss name, how the reference evolves): the LLM algorithms' tabular twins
+SAMPLED_ALGORITHMS = sampled_dynamics()
 
 
 def draw_preferences(matrix: np.ndarray, policy: np.ndarray, samples: int, rng: np.random.Generator):

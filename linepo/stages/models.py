@@ -14,50 +14,24 @@ is what samplers and trainers use, so a prompt is tokenized the same way everywh
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.sources import DTYPES, resolve_model
 
 #: Used for tokenizers without a chat template (base models).
 PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-# "name" or "owner/name" with hub-legal characters: anything else can only be a local path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
 
 def resolve_policy(path_or_name) -> str:
-    """The local folder or hub id to load from, after the checks that need no loading.
+    """The local folder or hub id of a policy, checked without loading (:func:`linepo.sources.resolve_model`).
 
     Raises:
-        InputError: a path that does not exist and cannot be a hub id, a folder with no
-            config.json, or (with HF_HUB_OFFLINE=1) a hub id that is not in the cache.
+        InputError: a missing path, a folder with no config.json, an uncached hub id offline.
     """
-    text = str(path_or_name)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise InputError(f"{text}: not a folder (a policy is a folder with config.json and weights)")
-        if not (local / "config.json").exists():
-            raise InputError(f"{text}: no config.json, not a saved model folder")
-        return str(local)
-    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
-    if looks_local or not _HUB_ID.match(text):
-        raise InputError(f"{text}: policy folder not found")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
-            raise InputError(f"{text}: not a local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE=1)")
-    return text
+    return resolve_model(path_or_name, what="policy")
 
 
 def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "auto", device=None):
@@ -193,20 +167,8 @@ def import_policy(source, out, *, tokenizer=None, dtype: str = "auto", trust_rem
 
 
 def resolve_tokenizer(path_or_name) -> str:
-    """A tokenizer's local folder or hub id, checked like :func:`resolve_policy` (no config.json needed)."""
-    text = str(path_or_name)
-    local = Path(text).expanduser()
-    if local.is_dir():
-        return str(local)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
-        raise InputError(f"{text}: tokenizer folder not found")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not any(isinstance(try_to_load_from_cache(text, name), str)
-                   for name in ("tokenizer_config.json", "tokenizer.json")):
-            raise InputError(f"{text}: not a local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE=1)")
-    return text
+    """A tokenizer's local folder or hub id, checked like a policy's (its files instead of config.json)."""
+    return resolve_model(path_or_name, what="tokenizer", needs=("tokenizer_config.json", "tokenizer.json"))
 
 
 def _first_line(err: Exception) -> str:

@@ -41,32 +41,11 @@ from linepo.errors import InputError
 
 _ERROR_LINE = re.compile(r"^linepo [\w-]+: error: ")
 
-#: Keys of a config section (sampling, judge) that say how a step is spread over processes,
-#: not what it computes: left out of node ids (linepo.workflow.plan), rule params and judge configs,
-#: so changing them reruns nothing.
-EXECUTION_KEYS = ("data_parallel", "accelerate_config")
-
-
-def recipe_view(section: dict) -> dict:
-    """``section`` without its :data:`EXECUTION_KEYS`."""
-    return {key: value for key, value in section.items() if key not in EXECUTION_KEYS}
-
-
-def check_config(config: dict) -> None:
-    """What the schema cannot say about the execution keys of a validated workflow config.
-
-    Raises:
-        InputError: ``training.accelerate_config`` names no file.
-    """
-    path = (config.get("training") or {}).get("accelerate_config")
-    if path is not None and not Path(path).expanduser().is_file():
-        raise InputError(f"config key training.accelerate_config: {path}: file not found")
-
-
-def shard_count(section: dict, gpus, gpus_per_shard: int = 1) -> int:
-    """Data-parallel shards of a step: the section's ``data_parallel`` when set, else one shard
-    per ``gpus_per_shard`` of the GPUs its job was given (``resources.<stage>.gpu``), at least 1."""
-    explicit = section.get("data_parallel")
+def shard_count(execution: dict, gpus, gpus_per_shard: int = 1) -> int:
+    """Data-parallel shards of a step: its ``data_parallel`` execution key when set (see
+    linepo.workflow.config.EXECUTION_KEYS), else one shard per ``gpus_per_shard`` of the GPUs
+    its job was given (``resources.<stage>.gpu``), at least 1."""
+    explicit = execution.get("data_parallel")
     if explicit is not None:
         return int(explicit)
     try:
@@ -280,3 +259,43 @@ def shard_folder(out: Path):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class Merged:
+    """What the workers of a sharded command wrote, in shard (= prompt) order."""
+
+    rows: list[dict]
+    metadata: list[dict]  # each shard's file metadata
+    seconds: float
+
+
+def run_sharded_command(command: str, out: Path, bounds: list[tuple[int, int]], per_shard: int, option: str, *,
+                        write_input, worker_args, kind: str) -> "Merged | int":
+    """The one sharded run-and-merge of ``linepo sample`` and ``linepo judge``.
+
+    Writes each shard's input with ``write_input(k, lo, hi, path)`` into a temp folder beside
+    ``out``, runs ``linepo <command> *worker_args(input, output)`` for every shard pinned to
+    its ``per_shard`` devices, and reads the outputs (artefact ``kind``) back in order.
+
+    Returns:
+        the merged rows and metadata, or the exit code of the first failing worker (its one
+        error line already printed).
+    """
+    from linepo.schemas import read_metadata, read_table
+
+    devices = device_groups(len(bounds), per_shard, option)
+    start = time.perf_counter()
+    with shard_folder(out) as folder:
+        for k, (lo, hi) in enumerate(bounds):
+            write_input(k, lo, hi, folder / f"input-{k}.parquet")
+        failed = run_shards(command, bounds, devices, lambda k: worker_args(folder / f"input-{k}.parquet",
+                                                                             folder / f"output-{k}.parquet"))
+        if failed is not None:
+            return failed
+        rows, metadata = [], []
+        for k in range(len(bounds)):
+            path = folder / f"output-{k}.parquet"
+            rows.extend(read_table(path, kind).to_pylist())
+            metadata.append(read_metadata(path))
+    return Merged(rows, metadata, time.perf_counter() - start)

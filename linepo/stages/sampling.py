@@ -30,11 +30,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 
 from linepo.errors import InputError
+from linepo.settings import check, setting
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,20 @@ BACKENDS = ("transformers", "vllm")
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample; every field is recorded in each row's ``sampler_settings``."""
+    """How to sample; every field is recorded in each row's ``sampler_settings``.
 
-    n: int = 1  # samples per prompt
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0  # nucleus sampling; 1 keeps the whole distribution
-    max_new_tokens: int = 64
-    seed: int = 0
-    batch_size: int = 32  # sequences (rows) per generate call; transformers backend only
-    backend: str = "transformers"
-    tensor_parallel_size: int = 1  # GPUs per model; vllm backend only
+    The defaults are the workflow config's ``sampling`` defaults (tests/test_settings.py).
+    """
+
+    n: int = setting(5, "samples per prompt", low=1)
+    temperature: float = setting(0.8, "softmax temperature; 0 is greedy", low=0)
+    top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this mass", low=0,
+                           low_open=True, high=1)
+    max_new_tokens: int = setting(48, "tokens per response at most (a longer one is cut: no stop token)", low=1)
+    seed: int = setting(0, "seed of every row's sampler (with the prompt id and sample index)", low=0)
+    batch_size: int = setting(64, "sequences per generate call (transformers backend)", low=1)
+    backend: str = setting("transformers", "transformers (batched generate) or vllm", choices=BACKENDS)
+    tensor_parallel_size: int = setting(1, "GPUs per model (vllm backend)", low=1)
 
     def validate(self) -> "SamplerSettings":
         """Return self after checking every field.
@@ -60,26 +64,7 @@ class SamplerSettings:
         Raises:
             InputError: a field out of range; the message names the command-line flag.
         """
-        def integer(value, low: int) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-        def number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        checks = [
-            ("--n", integer(self.n, 1), "must be an integer >= 1"),
-            ("--temperature", number(self.temperature) and self.temperature >= 0, "must be a number >= 0"),
-            ("--top-p", number(self.top_p) and 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("--max-new-tokens", integer(self.max_new_tokens, 1), "must be an integer >= 1"),
-            ("--seed", integer(self.seed, 0), "must be an integer >= 0"),
-            ("--batch-size", integer(self.batch_size, 1), "must be an integer >= 1"),
-            ("--backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
-            ("--tensor-parallel-size", integer(self.tensor_parallel_size, 1), "must be an integer >= 1"),
-        ]
-        for flag, ok, rule in checks:
-            if not ok:
-                value = getattr(self, flag[2:].replace("-", "_"))
-                raise InputError(f"{flag}: {rule}, got {value!r}")
+        check(self)
         return self
 
     def to_json(self) -> str:

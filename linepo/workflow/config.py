@@ -1,27 +1,43 @@
 """Load and validate a workflow config against ``linepo/schema/config.schema.yaml``.
 
-Validation fills in the schema's defaults and then checks what a schema cannot (a
-preference matrix's P + Pᵀ = 1, a start policy's length). Errors are one line naming
-the config key:
+Validation fills in the schema's defaults, then checks what a schema cannot (a preference
+matrix's P + Pᵀ = 1, per-algorithm run parameters from :mod:`linepo.algorithms`, checkpoints
+that some run produces, held-out prompts that are held out), resolves the evaluation
+section (its judge and decoding default to the training ones) and moves the *execution
+keys* — how a step is spread over processes, not what it computes — out of their sections
+into ``config["_execution"]``, once: node ids, rule params and judge configs never see them,
+so changing them reruns nothing. Errors are one line naming the config key:
 
-    python -m linepo.workflow.config config.yaml      # prints the validated config with defaults
+    linepo plan config.yaml --config     # the validated config, defaults filled in
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import yaml
 
+from linepo.algorithms import ALGORITHMS
 from linepo.errors import InputError
+from linepo.sources import looks_local
+
+#: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
+EXECUTION_KEYS = {"sampling": ("data_parallel",), "judge": ("data_parallel",), "training": ("accelerate_config",)}
 
 
 def _schema() -> dict:
-    text = resources.files("linepo").joinpath("schema/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    """The config schema, with the run algorithms' enum read off the algorithm registry."""
+    schema = yaml.safe_load(resources.files("linepo").joinpath("schema/config.schema.yaml").read_text())
+    from linepo.games.runs import ALGORITHMS as GAME_ALGORITHMS
+
+    run = schema["properties"]["runs"]["additionalProperties"]
+    run["properties"]["algorithm"]["enum"] = list(ALGORITHMS)
+    setting = schema["properties"]["synthetic"]["properties"]["settings"]["additionalProperties"]
+    setting["properties"]["algorithms"]["items"]["enum"] = list(GAME_ALGORITHMS)
+    return schema
 
 
 def _with_defaults(validator_class):
@@ -46,26 +62,63 @@ def _key(path) -> str:
 
 
 def validate_config(config: dict) -> dict:
-    """Return a validated deep copy of ``config`` with defaults filled in.
+    """Return a validated deep copy of ``config`` with defaults filled in and execution keys moved.
 
     Raises:
         InputError: "config key a.b.c: <reason>" for the first problem found.
     """
     config = copy.deepcopy(dict(config))
+    config.pop("_execution", None)  # ours: rebuilt below
     errors = sorted(_DefaultingValidator(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
         raise InputError(f"config key {_key(error.absolute_path)}: {error.message}")
+    config["_execution"] = _split_execution(config)
     _check_synthetic(config["synthetic"])
     _check_policy(config["policy"])
-    _check_judge(config["judge"])
+    _check_judge(config["judge"], "config key judge")
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run)
     _check_validation(config)
-    _check_evaluation(config)
+    config["evaluation"] = resolve_evaluation(config)
     _check_resources(config)
-    _check_execution(config)
     return config
+
+
+def load_config(path: str) -> dict:
+    """Read a YAML file and validate it."""
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    return validate_config(raw)
+
+
+# ----------------------------------------------------------------------------- execution keys
+
+
+def _split_execution(config: dict) -> dict:
+    """Move :data:`EXECUTION_KEYS` out of their sections; returns ``{section: {key: value}}``.
+
+    Raises:
+        InputError: ``training.accelerate_config`` names no file.
+    """
+    execution = {}
+    for section, keys in EXECUTION_KEYS.items():
+        execution[section] = {key: config[section].pop(key) for key in keys if key in config[section]}
+    judge = config["evaluation"].get("judge")
+    if isinstance(judge, dict):
+        judge.pop("data_parallel", None)  # comparisons run in one process; never part of what is judged
+    path = execution["training"].get("accelerate_config")
+    if path is not None and not Path(path).expanduser().is_file():
+        raise InputError(f"config key training.accelerate_config: {path}: file not found")
+    return execution
+
+
+# ----------------------------------------------------------------------------- sections
 
 
 def _check_synthetic(section: dict) -> None:
@@ -87,34 +140,53 @@ def _check_synthetic(section: dict) -> None:
             raise InputError(f"config key {key}.init: {err}") from None
 
 
-def _looks_like_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or text.count("/") > 1
-
-
 def _check_policy(section: dict) -> None:
-    from pathlib import Path
-
     sft = section["sft"]
     if sft == "build" and not section["build"].get("base"):
         raise InputError("config key policy.build.base: required for sft: build (the model to fine-tune)")
-    if sft != "embedded" and _looks_like_path(sft):
+    if sft not in ("embedded", "build") and looks_local(sft):
         if not (Path(sft).expanduser() / "config.json").exists():
             raise InputError(f"config key policy.sft: {sft}: no model folder (config.json) there")
     tokenizer = section.get("tokenizer")
     if tokenizer is not None:
         if sft == "embedded":
             raise InputError("config key policy.tokenizer: the embedded policy builds its own tokenizer")
-        if _looks_like_path(tokenizer) and not Path(tokenizer).expanduser().is_dir():
+        if looks_local(tokenizer) and not Path(tokenizer).expanduser().is_dir():
             raise InputError(f"config key policy.tokenizer: {tokenizer}: no such folder")
 
 
-def _check_judge(section: dict) -> None:
+def _check_judge(section: dict, source: str) -> None:
     """The synthetic oracle is cheap to build: build it now so a bad matrix fails before planning."""
     if section.get("type") == "synthetic":
         from linepo.stages.judges import make_judge
-        from linepo.stages.parallel import recipe_view  # data_parallel: how many workers judge, not what a judge is
 
-        make_judge(recipe_view(section), source="config key judge")
+        make_judge(section, source=source)
+
+
+def _check_run(key: str, run: dict) -> None:
+    """What the schema cannot say: the algorithm's own parameters (:mod:`linepo.algorithms`) and round ranges."""
+    algorithm, rounds = ALGORITHMS[run["algorithm"]], run["rounds"]
+    for param in ("eta_tau",):
+        takes = param in algorithm.params
+        if takes and param not in run:
+            raise InputError(f"config key {key}.{param}: required for algorithm {algorithm.name} (ητ ∈ (0, 1])")
+        places = [(key, run)] + [(f"{key}.round_overrides.{r}", o) for r, o in run["round_overrides"].items()]
+        for where, values in places:
+            if not takes and param in values:
+                raise InputError(f"config key {where}.{param}: algorithm {algorithm.name} takes no {param}")
+    if algorithm.one_pass and rounds != 1:
+        raise InputError(f"config key {key}.rounds: {algorithm.name} is one pass over all prompts; rounds must be 1")
+    moves = run["reference_moves"]
+    if isinstance(moves, list):
+        if algorithm.reference != "moving":
+            raise InputError(f"config key {key}.reference_moves: algorithm {algorithm.name} does not move its "
+                             f"reference (only {', '.join(a.name for a in ALGORITHMS.values() if a.reference == 'moving')})")
+        late = [r for r in moves if r > rounds]
+        if late:
+            raise InputError(f"config key {key}.reference_moves: round {late[0]} is beyond the last round ({rounds})")
+    for round_key in run["round_overrides"]:
+        if int(round_key.rstrip("+")) > rounds:
+            raise InputError(f"config key {key}.round_overrides.{round_key}: beyond the last round ({rounds})")
 
 
 def _check_validation(config: dict) -> None:
@@ -129,58 +201,44 @@ def _check_validation(config: dict) -> None:
                          "validation needs held-out prompts (another split or file)")
 
 
-def _check_evaluation(config: dict) -> None:
-    """Fill in the eval judge (default: ``judge``) and check the named checkpoints exist."""
-    from linepo.workflow.evalplan import resolve_evaluation
+def resolve_evaluation(config: dict) -> dict:
+    """The evaluation section with its judge (null: a copy of ``judge``) and decoding (unset keys:
+    the ``sampling`` values) filled in, checked.
 
-    config["evaluation"] = resolve_evaluation(config)
-
-
-def _check_run(key: str, run: dict) -> None:
-    """What the schema cannot say: per-algorithm requirements and round ranges."""
-    algorithm, rounds = run["algorithm"], run["rounds"]
-    if algorithm in ("inpo", "linepo") and "eta_tau" not in run:
-        raise InputError(f"config key {key}.eta_tau: required for algorithm {algorithm} (ητ ∈ (0, 1])")
-    if algorithm in ("dpo", "ipo") and rounds != 1:
-        raise InputError(f"config key {key}.rounds: {algorithm} is one pass over all prompts; rounds must be 1")
-    moves = run["reference_moves"]
-    if isinstance(moves, list):
-        if algorithm != "linepo":
-            raise InputError(f"config key {key}.reference_moves: only linepo moves its reference")
-        late = [r for r in moves if r > rounds]
-        if late:
-            raise InputError(f"config key {key}.reference_moves: round {late[0]} is beyond the last round ({rounds})")
-    for round_key in run["round_overrides"]:
-        if int(round_key.rstrip("+")) > rounds:
-            raise InputError(f"config key {key}.round_overrides.{round_key}: beyond the last round ({rounds})")
+    Raises:
+        InputError: "config key evaluation.…: <reason>" for a checkpoint no run produces, a
+            round beyond a run's last, a label for no run, or a bad synthetic judge.
+    """
+    section = copy.deepcopy(config["evaluation"])
+    decoding = section["decoding"]
+    for key in ("temperature", "top_p", "max_new_tokens", "batch_size", "backend"):
+        if decoding.get(key) is None:  # unset: decode as the runs sample
+            decoding[key] = config["sampling"][key]
+    if section["judge"] is None:
+        section["judge"] = copy.deepcopy(config["judge"])
+    else:
+        _check_judge(section["judge"], "config key evaluation.judge")
+    runs = config["runs"]
+    for name, spec in section["checkpoints"].items():
+        key = f"config key evaluation.checkpoints.{name}"
+        if name == "sft" or name in runs:
+            raise InputError(f"{key}: the name {name!r} is already a checkpoint (SFT and each run's final policy are evaluated)")
+        run = runs.get(spec["run"])
+        if run is None:
+            raise InputError(f"{key}.run: no run {spec['run']!r} produces this checkpoint "
+                             f"(runs: {', '.join(runs) or 'none'})")
+        if spec["round"] > run["rounds"]:
+            raise InputError(f"{key}.round: run {spec['run']!r} has {run['rounds']} round(s), not {spec['round']}")
+        if spec["round"] == run["rounds"]:
+            raise InputError(f"{key}.round: round {spec['round']} is the last of run {spec['run']!r}: "
+                             "its final policy is evaluated already")
+    unknown = sorted(set(section["labels"]) - set(runs) - {"sft"})
+    if unknown:
+        raise InputError(f"config key evaluation.labels.{unknown[0]}: no such run (runs: {', '.join(runs) or 'none'})")
+    return section
 
 
 def _check_resources(config: dict) -> None:
     from linepo.workflow.cluster import check_resources
 
     check_resources(config)
-
-
-def _check_execution(config: dict) -> None:
-    from linepo.stages.parallel import check_config
-
-    check_config(config)
-
-
-def load_config(path: str) -> dict:
-    """Read a YAML file and validate it."""
-    try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    return validate_config(raw)
-
-
-if __name__ == "__main__":
-    try:
-        print(yaml.safe_dump(load_config(sys.argv[1]), sort_keys=False))
-    except InputError as err:
-        sys.exit(f"error: {err}")

@@ -17,24 +17,17 @@ Checkpoints are SFT, every run's final policy, and the intermediate ones named u
 ``evaluation.checkpoints`` (``inpo_r2: {run: inpo, round: 2}`` → "INPO-R2"), ordered like
 the paper's Table 2. Model-free: imported by the Snakefile and by config validation.
 
-    python -m linepo.workflow.evalplan config.yaml      # print checkpoints and job counts
+    linepo plan config.yaml      # also prints the checkpoints and job counts
 """
 
 from __future__ import annotations
 
-import copy
-import sys
+import json
 from dataclasses import dataclass, field
 
 from linepo.errors import InputError
-from linepo.stages.parallel import recipe_view
-from linepo.workflow.plan import ALGORITHMS, ONE_PASS, Plan, recipe_id
-
-#: Display labels by algorithm, and the paper's Table 2 order of rows and columns.
-ALGORITHM_LABELS = {"dpo": "DPO", "ipo": "IPO", "iter_ipo": "Iter-IPO", "sppo": "SPPO",
-                    "inpo": "INPO", "linepo": "LINE-PO"}
-TABLE_ORDER = ("dpo", "ipo", "iter_ipo", "sppo", "inpo", "linepo")
-assert set(TABLE_ORDER) == set(ALGORITHMS)
+from linepo.algorithms import ALGORITHMS, TABLE_ORDER
+from linepo.workflow.plan import Plan, recipe_id
 
 
 @dataclass(frozen=True)
@@ -107,43 +100,52 @@ class EvalPlan:
     def checkpoint(self, name: str) -> Checkpoint:
         return next(c for c in self.checkpoints if c.name == name)
 
+    # ---------------------------------------------------------------- the rules' specs
+    # What `linepo win-rates`, `eval-curves` and `eval-summary` read (``--spec``), as canonical
+    # JSON: a rule's params trigger a rerun when their text changes, and only then.
 
-def resolve_evaluation(config: dict) -> dict:
-    """The evaluation section with its judge filled in (null: a copy of ``judge``), checked.
+    def matrix_spec(self) -> str:
+        return _spec(
+            checkpoints=[{"name": c.name, "label": c.label, "generation": c.generation} for c in self.checkpoints],
+            comparisons={c: {"a": self.comparisons[c][0], "b": self.comparisons[c][1], "path": self.comparison_path(c)}
+                         for c in self.matrix_comparisons()},
+        )
 
-    Raises:
-        InputError: "config key evaluation.…: <reason>" for a checkpoint no run produces, a
-            round beyond a run's last, a name or label used twice, or a bad synthetic judge.
-    """
-    section = copy.deepcopy(config["evaluation"])
-    decoding = section["decoding"]
-    for key in ("temperature", "top_p", "max_new_tokens", "batch_size", "backend"):
-        if decoding.get(key) is None:  # unset: decode as the runs sample
-            decoding[key] = config["sampling"][key]
-    if section["judge"] is None:
-        section["judge"] = copy.deepcopy(config["judge"])
-    elif section["judge"].get("type") == "synthetic":
-        from linepo.stages.judges import make_judge  # numpy only: a bad matrix fails before planning
+    def curve_points(self) -> list[CurvePoint]:
+        return [p for points in self.curves.values() for p in points]
 
-        make_judge(recipe_view(section["judge"]), source="config key evaluation.judge")
-    runs = config["runs"]
-    for name, spec in section["checkpoints"].items():
-        key = f"config key evaluation.checkpoints.{name}"
-        if name == "sft" or name in runs:
-            raise InputError(f"{key}: the name {name!r} is already a checkpoint (SFT and each run's final policy are evaluated)")
-        run = runs.get(spec["run"])
-        if run is None:
-            raise InputError(f"{key}.run: no run {spec['run']!r} produces this checkpoint "
-                             f"(runs: {', '.join(runs) or 'none'})")
-        if spec["round"] > run["rounds"]:
-            raise InputError(f"{key}.round: run {spec['run']!r} has {run['rounds']} round(s), not {spec['round']}")
-        if spec["round"] == run["rounds"]:
-            raise InputError(f"{key}.round: round {spec['round']} is the last of run {spec['run']!r}: "
-                             "its final policy is evaluated already")
-    unknown = sorted(set(section["labels"]) - set(runs) - {"sft"})
-    if unknown:
-        raise InputError(f"config key evaluation.labels.{unknown[0]}: no such run (runs: {', '.join(runs) or 'none'})")
-    return section
+    def curve_generation_paths(self) -> list[str]:
+        return sorted({self.generation_path(p.generation) for p in self.curve_points()})
+
+    def curves_spec(self) -> str:
+        return _spec(
+            runs={run: {"label": self.run_labels[run], "round_length": self.round_length[run],
+                        "points": [{"iteration": p.iteration, "round": p.round, "split": p.split,
+                                    "generation": p.generation, "comparison": p.comparison,
+                                    "sft_generation": self.sft_generation} for p in points]}
+                  for run, points in self.curves.items()},
+            generations={p.generation: self.generation_path(p.generation) for p in self.curve_points()},
+            comparisons={c: self.comparison_path(c) for c in self.curve_comparisons()},
+        )
+
+    def exploitability_reports(self, plan: Plan, synthetic: bool) -> dict[str, str]:
+        """Each checkpoint's exploitability report (synthetic oracle only), by checkpoint name."""
+        return {c.name: plan.exploitability_path(c.policy) for c in self.checkpoints} if synthetic else {}
+
+    def summary_generation_paths(self) -> list[str]:
+        return sorted({self.generation_path(c.generation) for c in self.checkpoints})
+
+    def summary_spec(self, plan: Plan, synthetic: bool) -> str:
+        return _spec(
+            checkpoints=[{"name": c.name, "label": c.label, "generation": c.generation,
+                          "policy": plan.policy_dir(c.policy)} for c in self.checkpoints],
+            generations={c.generation: self.generation_path(c.generation) for c in self.checkpoints},
+            exploitability=self.exploitability_reports(plan, synthetic),
+        )
+
+
+def _spec(**values) -> str:
+    return json.dumps(values, sort_keys=True)
 
 
 def _labels(config: dict, section: dict) -> dict:
@@ -154,7 +156,7 @@ def _labels(config: dict, section: dict) -> dict:
         if run in labels:
             return labels[run]
         algorithm = runs[run]["algorithm"]
-        return ALGORITHM_LABELS[algorithm] if run == algorithm else run
+        return ALGORITHMS[algorithm].label if run == algorithm else run
 
     named_runs = {spec["run"] for spec in section["checkpoints"].values()}
     out = {"sft": labels.get("sft", "SFT"), **{f"run:{run}": run_label(run) for run in runs}}
@@ -175,9 +177,7 @@ def _labels(config: dict, section: dict) -> dict:
 
 def build_eval_plan(config: dict, plan: Plan) -> EvalPlan:
     """The evaluation plan of a *validated* config and its training :class:`Plan`."""
-    section = config["evaluation"]
-    if section["judge"] is None or None in section["decoding"].values():  # validate_config resolves them
-        section = resolve_evaluation(config)
+    section = config["evaluation"]  # resolved by validate_config: its judge and decoding filled in
     policy_cfg = config["policy"]
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
     decoding = dict(section["decoding"])
@@ -188,8 +188,7 @@ def build_eval_plan(config: dict, plan: Plan) -> EvalPlan:
         eplan.generations.setdefault(gid, policy)
         return gid
 
-    # Without execution keys (data_parallel): how many workers judge is not what a comparison is.
-    eplan = EvalPlan(judge=recipe_view(section["judge"]), decoding=decoding, sft_generation="")
+    eplan = EvalPlan(judge=section["judge"], decoding=decoding, sft_generation="")
     eplan.sft_generation = generation(plan.sft)
     if not section["enabled"] or not plan.runs:
         return eplan
@@ -217,7 +216,7 @@ def build_eval_plan(config: dict, plan: Plan) -> EvalPlan:
     if section["curves"]:
         every = section["curve_every"]
         for run, steps in plan.runs.items():
-            if runs[run]["algorithm"] in ONE_PASS or len(steps) < 2:
+            if ALGORITHMS[runs[run]["algorithm"]].one_pass or len(steps) < 2:
                 continue
             points = [CurvePoint(run, 0, 0, "sft", plan.sft, eplan.sft_generation, None)]
             for k, step in enumerate(steps, start=1):
@@ -238,11 +237,3 @@ def describe(eplan: EvalPlan) -> str:
     lines.append(f"generations: {len(eplan.generations)}, comparisons: {len(eplan.comparisons)} "
                  f"(matrix {len(eplan.matrix_comparisons())}), curves: {', '.join(eplan.curves) or 'none'}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from linepo.workflow.config import load_config
-    from linepo.workflow.plan import build_plan
-
-    cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else "config.yaml")
-    print(describe(build_eval_plan(cfg, build_plan(cfg))))

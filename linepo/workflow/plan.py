@@ -12,17 +12,16 @@ One step k of a run, in round r on prompt split s (Algorithm 4, one iteration):
                                                                                          │
     μ_k ──────────────────────────────────train(loss, η, ητ)──────────────────────────────▶ μ_{k+1}
 
-    python -m linepo.workflow.plan config.yaml       # print the plan's node counts and run schedules
+    linepo plan config.yaml       # the plan's node counts and run schedules
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 
-from linepo.stages.parallel import recipe_view
+from linepo.algorithms import ALGORITHMS
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
@@ -31,17 +30,6 @@ from linepo.stages.parallel import recipe_view
 STAGE_VERSIONS = {"sft": 2, "prompts": 1, "sample": 2, "judge": 1, "score": 2, "train": 2,
                   "eval_generate": 2, "eval_compare": 1}
 
-#: algorithm -> (loss, reference rule). Reference rules: "sft" (fixed at the SFT policy),
-#: "current" (the policy being updated: iterative IPO, SPPO), "moving" (LINE-PO).
-ALGORITHMS = {
-    "dpo": ("dpo", "sft"),
-    "ipo": ("ipo", "sft"),
-    "iter_ipo": ("ipo", "current"),
-    "sppo": ("sppo", "current"),
-    "inpo": ("inpo", "sft"),
-    "linepo": ("inpo", "moving"),
-}
-ONE_PASS = ("dpo", "ipo")  # one pass over all prompts against the SFT reference
 #: The split name of held-out validation data in node tables and paths (results/samples/r1/sval/...).
 VALIDATION_SPLIT = "val"
 
@@ -124,13 +112,32 @@ class Plan:
     runs: dict = field(default_factory=dict)  # run -> list[Step]
 
     # ---------------------------------------------------------------- paths
+    #: Every file a node writes, by kind; the rules' output patterns (wildcards in braces) and
+    #: the paths below are these templates, so they cannot drift apart.
+    TEMPLATES = {
+        "sft": "results/sft/{sft}/model",
+        "prompt_split": "results/prompts/{prompts}/shard-{split}.parquet",
+        "eval_prompts": "results/prompts/eval-{prompts}.parquet",
+        "validation_prompts": "results/prompts/val-{prompts}.parquet",
+        "samples": "results/samples/r{round}/s{split}/{sample}.parquet",
+        "judgments": "results/prefs/r{round}/s{split}/{prefs}/judgments.parquet",
+        "prefs": "results/prefs/r{round}/s{split}/{prefs}/prefs.parquet",
+        "scored": "results/scored/r{round}/s{split}/{scored}.parquet",
+        "policy": "results/policies/r{round}/s{split}/{policy}/model",
+        "steps": "results/runs/{run}/steps.tsv",
+        "exploitability": "results/eval/exploitability/{policy}.json",
+    }
+
+    def exploitability_path(self, policy_id: str) -> str:
+        return self.TEMPLATES["exploitability"].format(policy=policy_id)
+
     def policy_dir(self, policy_id: str) -> str:
         """Where a policy's folder is: the SFT policy (built, or imported from the configured
         folder or hub id) under results/sft/, trained ones under results/policies/."""
         node = self.policies[policy_id]
         if node.is_sft:
-            return f"results/sft/{policy_id}/model"
-        return f"results/policies/r{node.round}/s{node.split}/{policy_id}/model"
+            return self.TEMPLATES["sft"].format(sft=policy_id)
+        return self.TEMPLATES["policy"].format(round=node.round, split=node.split, policy=policy_id)
 
     def policy_inputs(self, policy_id: str) -> list[str]:
         """The files a job needs for a policy: its folder."""
@@ -138,34 +145,34 @@ class Plan:
 
     def samples_path(self, sample_id: str) -> str:
         node = self.samples[sample_id]
-        return f"results/samples/r{node.round}/s{node.split}/{sample_id}.parquet"
+        return self.TEMPLATES["samples"].format(round=node.round, split=node.split, sample=sample_id)
 
     def prefs_path(self, pref_id: str, name: str = "prefs") -> str:
         node = self.prefs[pref_id]
-        return f"results/prefs/r{node.round}/s{node.split}/{pref_id}/{name}.parquet"
+        return self.TEMPLATES[name].format(round=node.round, split=node.split, prefs=pref_id)
 
     def scored_path(self, scored_id: str) -> str:
         node = self.scored[scored_id]
-        return f"results/scored/r{node.round}/s{node.split}/{scored_id}.parquet"
+        return self.TEMPLATES["scored"].format(round=node.round, split=node.split, scored=scored_id)
 
     def prompts_path(self, split: int | str) -> str:
         """A training split's prompts, or (split "val") the validation prompts."""
         if str(split) == VALIDATION_SPLIT:
             return self.validation_prompts_path()
-        return f"results/prompts/{self.prompts}/shard-{split}.parquet"
+        return self.TEMPLATES["prompt_split"].format(prompts=self.prompts, split=split)
 
     def eval_prompts_path(self) -> str:
-        return f"results/prompts/eval-{self.eval_prompts}.parquet"
+        return self.TEMPLATES["eval_prompts"].format(prompts=self.eval_prompts)
 
     def validation_prompts_path(self) -> str:
-        return f"results/prompts/val-{self.validation_prompts}.parquet"
+        return self.TEMPLATES["validation_prompts"].format(prompts=self.validation_prompts)
 
     def train_settings(self, policy_id: str) -> dict:
         """What ``linepo train --config-json`` gets for a step: its loss, η (ητ), training
         section and checkpoint-selection settings; nothing about how it runs (processes)."""
         step = self.policies[policy_id].train
         settings = {key: value for key, value in step.items() if key not in ("training", "validation")}
-        return {**settings, **recipe_view(step["training"]), **step.get("validation", {})}
+        return {**settings, **step["training"], **step.get("validation", {})}
 
     def final_policy(self, run: str) -> str:
         return self.runs[run][-1].policy
@@ -213,9 +220,9 @@ def build_plan(config: dict) -> Plan:
     selection = {"eval_steps": validation_cfg["eval_steps"], "select_best": validation_cfg["select_best"]} \
         if validating else {}
 
-    # Without their execution keys (data_parallel): how many workers run a step is not what it computes.
-    sampling = recipe_view(_section(config, "sampling"))
-    judge = recipe_view(_section(config, "judge"))
+    # Sections without their execution keys (linepo.workflow.config moved them out).
+    sampling = _section(config, "sampling")
+    judge = _section(config, "judge")
     preferences = _section(config, "preferences")
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
 
@@ -251,9 +258,10 @@ def build_plan(config: dict) -> Plan:
         return policy_id
 
     for run_name, run in config.get("runs", {}).items():
-        loss, reference_rule = ALGORITHMS[run["algorithm"]]
+        algorithm = ALGORITHMS[run["algorithm"]]
+        loss, reference_rule = algorithm.loss, algorithm.reference
         steps = []
-        if run["algorithm"] in ONE_PASS:
+        if algorithm.one_pass:
             settings = _step_settings(config, run, loss, round_=1)
             pref_ids = [data_for(sft_id, 1, s) for s in range(plan.num_splits)]
             scored_id = scored_for(pref_ids, sft_id, sft_id, 1, "all")
@@ -296,8 +304,7 @@ def round_override(run: dict, round_: int) -> dict:
 def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
     """Loss and training settings of one step: run values, then the round's overrides."""
     override = round_override(run, round_)
-    training = recipe_view({**_section(config, "training"), **run.get("training", {}),
-                            **override.get("training", {})})  # accelerate_config: how, not what
+    training = {**_section(config, "training"), **run.get("training", {}), **override.get("training", {})}
     settings = {"loss": loss, "eta": override.get("eta", run["eta"]), "training": training}
     if loss == "inpo":
         settings["eta_tau"] = override.get("eta_tau", run["eta_tau"])
@@ -310,9 +317,3 @@ def describe(plan: Plan) -> str:
     for run, steps in plan.runs.items():
         lines.append(f"run {run}: {len(steps)} steps, final {plan.policy_dir(steps[-1].policy)}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from linepo.workflow.config import load_config
-
-    print(describe(build_plan(load_config(sys.argv[1] if len(sys.argv) > 1 else "config.yaml"))))

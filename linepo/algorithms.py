@@ -1,0 +1,61 @@
+"""The algorithm registry: one record per preference-optimisation algorithm.
+
+Everything that needs to know an algorithm reads it here: the workflow plan (its loss, how
+its reference moves, one pass or iterative), the config check and the config schema's enum
+(which run parameters it takes), the evaluation (its label and the paper's Table 2 order),
+and the tabular games (its sample-based and exact-gradient twins, ``linepo game``).
+
+    python -c "from linepo.algorithms import ALGORITHMS; print(ALGORITHMS['linepo'])"
+
+Reference rules: ``fixed`` — π_ref is the start policy (the SFT policy in the workflow);
+``current`` — π_ref is the policy being updated (mirror descent: iterative IPO, SPPO);
+``moving`` — π_ref moves to the current policy at chosen rounds (LINE-PO, paper Algorithm 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE_RULES = ("fixed", "current", "moving")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str  #: the ``algorithm:`` value of a run
+    label: str  #: how tables and figures name it
+    loss: str  #: its loss in linepo.losses
+    reference: str  #: fixed | current | moving (see the module doc)
+    one_pass: bool  #: one training step over all prompt splits (the paper's DPO and IPO baselines)
+    params: tuple = ()  #: run parameters it needs beyond eta
+    sampled: str | None = None  #: its sample-based tabular twin (linepo game --algorithm)
+    exact: str | None = None  #: its exact-gradient tabular twin
+    doc: str = ""
+
+    @property
+    def iterative(self) -> bool:
+        return not self.one_pass
+
+
+#: In the paper's Table 2 order (rows and columns of the win-rate matrix).
+REGISTRY = (
+    Algorithm("dpo", "DPO", "dpo", "fixed", True, doc="DPO, one pass over all prompts against the SFT policy"),
+    Algorithm("ipo", "IPO", "ipo", "fixed", True, doc="IPO, one pass over all prompts against the SFT policy"),
+    Algorithm("iter_dpo", "Iter-DPO", "dpo", "current", False, sampled="iter_dpo",
+              doc="iterative DPO: each step against the policy being updated (Figure 2)"),
+    Algorithm("iter_ipo", "Iter-IPO", "ipo", "current", False, sampled="iter_ipo", exact="md",
+              doc="iterative IPO: mirror descent up to sampling error, cycles"),
+    Algorithm("sppo", "SPPO", "sppo", "current", False, sampled="sppo", exact="md",
+              doc="SPPO: mirror descent with a fixed log-partition η/2"),
+    Algorithm("inpo", "INPO", "inpo", "fixed", False, params=("eta_tau",), sampled="inpo_sampled", exact="inpo",
+              doc="INPO (Algorithm 4): converges to the KL-regularised game's equilibrium"),
+    Algorithm("linepo", "LINE-PO", "inpo", "moving", False, params=("eta_tau",), sampled="linepo_sampled",
+              exact="linepo", doc="LINE-PO (Algorithm 3): INPO whose reference moves; converges to the Nash policy"),
+)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in REGISTRY}
+TABLE_ORDER = tuple(a.name for a in REGISTRY)
+
+
+def sampled_dynamics() -> dict[str, tuple[str, str]]:
+    """The sample-based tabular algorithms: ``{name: (loss, reference rule)}``."""
+    return {a.sampled: (a.loss, a.reference) for a in REGISTRY if a.sampled}

@@ -1,0 +1,142 @@
+"""What the Snakemake rules call: everything between a validated config and a rule's fields.
+
+The rules (rules/*.smk) only wire files to commands; this module holds the helpers they
+share — the plans, per-node seeds, flag strings, process counts from a job's resources,
+the readable per-run tables and the target lists — importable and unit-tested like the
+rest of the library. ``rules/common.smk`` builds one :class:`Wiring` for the workflow.
+
+Rule ``params`` must keep their values (Snakemake reruns a job whose params' repr changed),
+so what is computed here is what the rules computed before this module existed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from linepo.stages.parallel import shard_count
+from linepo.workflow.evalplan import EvalPlan, build_eval_plan
+from linepo.workflow.plan import Plan, build_plan
+
+#: A node id (12 hex digits of a recipe's sha256) and a config name, as wildcards match them.
+ID = "[0-9a-f]{12}"
+NAME = "[A-Za-z0-9_]+"
+
+
+def node_seed(node_id: str) -> int:
+    """A per-node RNG seed derived from its id: reproducible, different for every node."""
+    return int(node_id[:8], 16)
+
+
+def cli_flags(values: dict, names) -> str:
+    """``--a-b value`` for each of ``names`` present (not None) in ``values``."""
+    parts = []
+    for name in names:
+        value = values.get(name)
+        if value is not None:
+            parts.append(f"--{name.replace('_', '-')} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return " ".join(parts)
+
+
+def checked(table: dict, node_id: str, wildcards):
+    """The plan's node for an id, after checking that the path's round and split agree with it."""
+    node = table[node_id]
+    if str(node.round) != wildcards.round or node.split != wildcards.split:
+        raise ValueError(f"node {node_id} belongs to r{node.round}/s{node.split}, "
+                         f"not r{wildcards.round}/s{wildcards.split}")
+    return node
+
+
+@dataclass
+class Wiring:
+    """The workflow's plans and what its rules read off them."""
+
+    config: dict
+    plan: Plan = field(init=False)
+    eval: EvalPlan = field(init=False)
+
+    def __post_init__(self):
+        self.plan = build_plan(self.config)
+        self.eval = build_eval_plan(self.config, self.plan)
+
+    # -- runtime flags of every job that loads a policy
+    @property
+    def remote_code(self) -> str:
+        return "--trust-remote-code" if self.config["policy"]["trust_remote_code"] else ""
+
+    @property
+    def runtime(self) -> str:
+        return f"--dtype {self.config['policy']['dtype']} {self.remote_code}"
+
+    # -- processes per job: callables of the job's resources, which Snakemake does not track,
+    #    so a new GPU count reruns nothing (sharded output equals unsharded)
+    def sample_shards(self, wildcards, resources) -> int:
+        sampling = self.config["sampling"]
+        per_shard = sampling["tensor_parallel_size"] if sampling["backend"] == "vllm" else 1
+        return shard_count(self.config["_execution"]["sampling"], resources.gpu, per_shard)
+
+    def judge_shards(self, wildcards, resources) -> int:
+        return shard_count(self.config["_execution"]["judge"], resources.gpu)
+
+    def train_launch(self, wildcards, resources) -> str:
+        """``--num-processes N`` (one per GPU of the job) and the accelerate config, for linepo train."""
+        launch = f"--num-processes {shard_count({}, resources.gpu)}"
+        accelerate = self.config["_execution"]["training"].get("accelerate_config")
+        return launch + (f" --accelerate-config {accelerate}" if accelerate else "")
+
+    # -- tabular games
+    GAME_FLAGS = {"eta": "--eta", "tau": "--tau", "iterations": "--iterations",
+                  "inner_steps": "--inner-steps", "samples": "--samples", "seed": "--seed"}
+
+    def synthetic_flags(self, wildcards) -> str:
+        """Only the settings this algorithm uses, so an unrelated edit reruns nothing."""
+        from linepo.games.runs import relevant_settings
+
+        setting = self.config["synthetic"]["settings"][wildcards.setting]
+        return " ".join(f"{self.GAME_FLAGS[key]} {setting[key]}" for key in relevant_settings(wildcards.algorithm))
+
+    # -- prompt files
+    def eval_prompt_flags(self) -> str:
+        """``linepo prompts`` flags of the eval prompts (the embedded source's held-out split by default)."""
+        section = self.config["eval_prompts"]
+        split = section["split"] or ("eval" if section["source"] == "embedded" else None)
+        return cli_flags({**section, "split": split}, ["split", "prompt_column", "max_prompts", "name"])
+
+    # -- per-run outputs
+    def steps_json(self, run: str) -> str:
+        """A run's schedule for ``linepo run-steps`` (results/runs/<run>/steps.tsv)."""
+        plan = self.plan
+        return json.dumps([
+            {"round": s.round, "split": s.split, "policy": plan.policy_dir(s.policy),
+             "reference": plan.policy_dir(s.reference), "reference_moved": s.reference_moved}
+            for s in plan.runs[run]
+        ])
+
+    @property
+    def synthetic_judge(self) -> bool:
+        return self.config["judge"]["type"] == "synthetic"
+
+    @property
+    def evaluated(self) -> dict[str, str]:
+        """Exploitability reports: SFT and every run's final policy, by name."""
+        return {"sft": self.plan.sft, **{run: self.plan.final_policy(run) for run in self.plan.runs}}
+
+    @property
+    def evaluating(self) -> bool:
+        return self.config["evaluation"]["enabled"] and bool(self.plan.runs)
+
+    # -- targets of `rule all`
+    def llm_targets(self) -> list[str]:
+        targets = [f"results/runs/{run}/steps.tsv" for run in self.plan.runs]
+        if self.synthetic_judge and self.plan.runs:
+            targets.append("results/summary/exploitability.tsv")
+        return targets
+
+    def eval_targets(self) -> list[str]:
+        if not self.evaluating:
+            return []
+        targets = ["results/summary/win_rates.csv", "results/summary/evaluation.tsv"]
+        targets += [f"results/eval/alpaca_eval/{c.name}/model_outputs.json" for c in self.eval.checkpoints]
+        if self.eval.curves:
+            targets.append("results/summary/curves.tsv")
+        return targets
