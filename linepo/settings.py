@@ -97,6 +97,9 @@ def check_value(cls, field, value, where: str):
 def from_mapping(cls, values: dict, *, source: str, base=None, key_format: str = "{source} key {key}"):
     """``cls`` from ``values`` (unknown keys are an error), every value checked; on top of ``base``.
 
+    ``key_format`` names a bad key in messages: ``{source}``, ``{key}`` and ``{flag}`` (its
+    command-line flag) are filled in.
+
     Raises:
         InputError: "<source> key <k>: <problem>" for an unknown key or a bad value.
     """
@@ -105,10 +108,10 @@ def from_mapping(cls, values: dict, *, source: str, base=None, key_format: str =
     known = {f.name: f for f in fields(cls)}
     changes = {}
     for key, value in values.items():
+        where = key_format.format(source=source, key=key, flag=flag_name(str(key)))
         if key not in known:
-            raise InputError(key_format.format(source=source, key=key)
-                             + f": unknown setting; known: {', '.join(sorted(known))}")
-        changes[key] = check_value(cls, known[key], value, key_format.format(source=source, key=key))
+            raise InputError(f"{where}: unknown setting; known: {', '.join(sorted(known))}")
+        changes[key] = check_value(cls, known[key], value, where)
     return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
 
 

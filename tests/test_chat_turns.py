@@ -60,7 +60,7 @@ PROMPTS = [{"prompt_id": f"p{i}", "prompt": f"Question {i}: say hello."} for i i
 def test_sampling_stops_at_im_end_and_records_the_token(qwen_policy):
     folder, _ = qwen_policy
     model, tokenizer = load_policy(folder, device="cpu")
-    sampler = TransformersSampler(model, tokenizer, SamplerSettings(n=4, max_new_tokens=12, seed=3, batch_size=8))
+    sampler = TransformersSampler(model, tokenizer, SamplerSettings(n=4, temperature=1.0, max_new_tokens=12, seed=3, batch_size=8))
     assert sampler.eos_token_ids == [ENDOFTEXT, IM_END]
     rows = sampler.generate(PROMPTS)
     stopped = [r for r in rows if r["finish_reason"] == "stop"]
@@ -76,7 +76,7 @@ def test_the_emitted_stop_token_is_the_one_scored(qwen_policy, tmp_path):
     """log π(y|x) of a finished sample ends with log π(<|im_end|>), not the tokenizer's EOS."""
     folder, logp = qwen_policy
     model, tokenizer = load_policy(folder, device="cpu")
-    rows = TransformersSampler(model, tokenizer, SamplerSettings(n=4, max_new_tokens=12, seed=3)).generate(PROMPTS)
+    rows = TransformersSampler(model, tokenizer, SamplerSettings(n=4, temperature=1.0, max_new_tokens=12, seed=3)).generate(PROMPTS)
     write_table(rows, tmp_path / "samples.parquet", "samples")
     groups = group_samples(read_table(tmp_path / "samples.parquet", "samples"))
     judged = {"prompt_id": [], "index_a": [], "index_b": [], "prob_a_wins": [], "outcome": [], "failed": []}

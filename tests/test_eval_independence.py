@@ -56,7 +56,7 @@ def fixed_policy(tokenizer, probs: dict[int, float]):
 def sample(model, tokenizer, seed: int) -> dict:
     """One token per row: ``{(prompt_id, sample_index): samples row}`` over :data:`ROWS`."""
     prompts = [{"prompt_id": f"p{i:03d}", "prompt": p} for i, p in enumerate(embedded.prompts("eval", ROWS[0]))]
-    settings = SamplerSettings(n=ROWS[1], max_new_tokens=1, seed=seed, batch_size=250)
+    settings = SamplerSettings(n=ROWS[1], temperature=1.0, max_new_tokens=1, seed=seed, batch_size=250)
     rows = TransformersSampler(model, tokenizer, settings).generate(prompts)
     return {(r["prompt_id"], r["sample_index"]): r for r in rows}
 

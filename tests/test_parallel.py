@@ -20,7 +20,7 @@ import pytest
 
 from linepo.toy import world as embedded
 from linepo.errors import InputError
-from linepo.stages.parallel import device_groups, recipe_view, shard_bounds, shard_count
+from linepo.stages.parallel import device_groups, shard_bounds, shard_count
 from linepo.schemas import read_metadata, read_table, write_table
 
 NUM_PROMPTS = 1001
@@ -59,7 +59,29 @@ def test_shard_count_from_config_or_job_gpus():
     assert shard_count({}, 4) == 4 and shard_count({}, "4") == 4
     assert shard_count({}, 8, gpus_per_shard=2) == 4  # vLLM tensor parallelism 2: 4 engines on 8 GPUs
     assert shard_count({"data_parallel": 3}, 8) == 3
-    assert recipe_view({"n": 5, "data_parallel": 4}) == {"n": 5}
+
+
+def test_execution_keys_leave_their_sections_once_at_validation():
+    """How a step runs (workers, launcher) is kept apart from what it computes: node ids,
+    rule params and judge configs never see it."""
+    import copy
+
+    import yaml
+
+    from linepo.workflow.config import validate_config
+    from linepo.workflow.plan import build_plan
+    from workflow_utils import REPO
+
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    spread = copy.deepcopy(base)
+    spread["sampling"]["data_parallel"] = 4
+    spread["judge"]["data_parallel"] = 2
+    config = validate_config(spread)
+    assert "data_parallel" not in config["sampling"] and "data_parallel" not in config["judge"]
+    assert config["_execution"]["sampling"] == {"data_parallel": 4} and config["_execution"]["judge"] == {"data_parallel": 2}
+    assert config["evaluation"]["judge"] == config["judge"]
+    plain = build_plan(validate_config(base))
+    assert build_plan(config).policies.keys() == plain.policies.keys()
 
 
 def test_device_groups(monkeypatch):
@@ -164,7 +186,7 @@ def styled_samples(tmp_path_factory):
 
 def test_sharded_judging_keeps_every_prompt_and_equals_unsharded(styled_samples):
     root = styled_samples
-    config = json.dumps({"type": "synthetic", "data_parallel": 8})  # the key is ignored by the judge itself
+    config = json.dumps({"type": "synthetic"})
     one = cli("judge", "--samples", str(root / "samples.parquet"), "--judge-config", config, "--seed", "5",
               "--out", str(root / "one.parquet"))
     assert one.returncode == 0, one.stderr[-2000:]
@@ -201,3 +223,13 @@ def test_first_failure_prefers_the_worker_that_failed_by_itself():
     assert first_failure([terminated, failed, ok]) is failed and exit_code(failed) == 2
     assert first_failure([ok]) is None
     assert exit_code(WorkerResult("x", 1, None, [])) == 1
+
+
+def test_a_data_parallel_key_in_a_judge_config_is_refused_with_the_flag_to_use(styled_samples, tmp_path, capsys):
+    from linepo.cli import main
+
+    code = main(["judge", "--samples", str(styled_samples / "samples.parquet"), "--out", str(tmp_path / "j.parquet"),
+                 "--judge-config", '{"type": "synthetic", "data_parallel": 2}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith("key data_parallel: not a judge setting; give --data-parallel")
+    assert not list(tmp_path.iterdir())

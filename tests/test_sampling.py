@@ -84,7 +84,7 @@ PROMPTS = [{"prompt_id": f"p{i}", "prompt": p} for i, p in enumerate(embedded.pr
 
 def test_rows_schema_order_and_finish_reasons(loaded, tmp_path):
     model, tokenizer = loaded
-    sampler = TransformersSampler(model, tokenizer, SamplerSettings(n=4, max_new_tokens=6, seed=1, batch_size=3))
+    sampler = TransformersSampler(model, tokenizer, SamplerSettings(n=4, temperature=1.0, max_new_tokens=6, seed=1, batch_size=3))
     rows = sampler.generate(PROMPTS)
     table = read_table(write_table(rows, tmp_path / "samples.parquet", "samples"), "samples")
     assert table.num_rows == 20
@@ -104,7 +104,7 @@ def test_rows_schema_order_and_finish_reasons(loaded, tmp_path):
 
 def test_num_tokens_follow_geometric_stop(loaded):
     model, tokenizer = loaded
-    sampler = TransformersSampler(model, tokenizer, SamplerSettings(n=200, max_new_tokens=40, batch_size=200))
+    sampler = TransformersSampler(model, tokenizer, SamplerSettings(n=200, temperature=1.0, max_new_tokens=40, batch_size=200))
     rows = sampler.generate(PROMPTS[:2])
     lengths = np.array([r["num_tokens"] for r in rows])
     assert all(r["finish_reason"] == "stop" for r in rows if r["num_tokens"] < 40)
@@ -143,7 +143,7 @@ def test_greedy_samples_are_identical(loaded):
 def test_results_do_not_depend_on_batching(loaded):
     model, tokenizer = loaded
     def run(prompts, **overrides):
-        settings = SamplerSettings(**{"n": 3, "max_new_tokens": 8, "seed": 7, **overrides})
+        settings = SamplerSettings(**{"n": 3, "temperature": 1.0, "max_new_tokens": 8, "seed": 7, **overrides})
         rows = TransformersSampler(model, tokenizer, settings).generate(prompts)
         return [(r["prompt_id"], r["sample_index"], r["response"], r["num_tokens"]) for r in rows]
 
@@ -183,7 +183,7 @@ def _sample(policy, prompts, out, *extra):
 def test_cli_sample_is_byte_identical_across_runs(unigram, prompts_file, tmp_path):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     assert _sample(unigram, prompts_file, a) == 0
-    assert _sample(unigram, prompts_file, b, "--batch-size", "32") == 0
+    assert _sample(unigram, prompts_file, b, "--batch-size", "64") == 0  # the default, spelt out
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(a) == digest(b)
     table = read_table(a, "samples")

@@ -58,7 +58,7 @@ def settings_from_args(args):
             raise InputError(f"--config-json: not valid JSON ({err})") from err
         settings = from_mapping(SamplerSettings, values, source="--config-json")
     return from_mapping(SamplerSettings, given(args, SamplerSettings), source="flags", base=settings,
-                        key_format="--{key}").validate()
+                        key_format="{flag}").validate()
 
 
 def run(args) -> int:
