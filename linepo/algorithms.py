@@ -54,6 +54,8 @@ REGISTRY = (
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in REGISTRY}
 TABLE_ORDER = tuple(a.name for a in REGISTRY)
+#: The losses the algorithms train with (linepo.losses implements each; tests/test_algorithms.py).
+LOSS_NAMES = tuple(dict.fromkeys(a.loss for a in REGISTRY))
 
 
 def sampled_dynamics() -> dict[str, tuple[str, str]]:

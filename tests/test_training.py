@@ -233,14 +233,13 @@ def test_cli_unknown_loss_exits_2(data, tmp_path, capsys):
 
 
 def test_settings_merge_config_json_then_flags():
-    from argparse import Namespace
+    from linepo.cli import build_parser
+    from linepo.commands.train import settings_from_args
 
-    from linepo.commands.train import _FLAG_FIELDS, settings_from_args
-
-    args = Namespace(**{dest: None for dest in _FLAG_FIELDS},
-                     config_json=json.dumps({"batch_size": 8, "learning_rate": 1e-4, "eta": 2.0, "bf16": "false",
-                                             "warmup_ratio": 0.1}))
-    args.eta = 4.0
+    args = build_parser().parse_args([
+        "train", "--policy", "p", "--scored", "s.parquet", "--out", "o", "--resume-dir", "o.partial", "--eta", "4",
+        "--config-json", json.dumps({"batch_size": 8, "learning_rate": 1e-4, "eta": 2.0, "bf16": "false",
+                                     "warmup_ratio": 0.1})])
     settings = settings_from_args(args)
     assert settings.batch_size == 8 and settings.per_device_batch_size(2) == 4 and settings.learning_rate == 1e-4
     assert settings.eta == 4.0 and settings.tau == pytest.approx((1 / 3) / 4.0) and settings.beta == 0.25

@@ -28,28 +28,16 @@ line and writes no policy. Stats (tokens/s, steps) go to stdout as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-LOSSES = ("dpo", "ipo", "inpo", "sppo")  # = linepo.losses.LOSSES, kept light
-
-#: flag destination -> TrainSettings field
-_FLAG_FIELDS = {
-    "loss": "loss", "eta": "eta", "eta_tau": "eta_tau", "epochs": "epochs", "batch_size": "batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps", "learning_rate": "learning_rate",
-    "lr_scheduler_type": "lr_scheduler_type", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
-    "max_length": "max_length", "seed": "seed", "bf16": "bf16", "save_steps": "save_steps",
-    "logging_steps": "logging_steps", "deepspeed": "deepspeed", "fsdp": "fsdp", "trust_remote_code": "trust_remote_code",
-    "max_grad_norm": "max_grad_norm", "master_dtype": "master_dtype", "eval_steps": "eval_steps",
-    "select_best": "select_best",
-}
-
-
 def register(subparsers) -> None:
+    from linepo.settings import add_arguments
+    from linepo.stages.training.settings import TrainSettings
+
     parser = subparsers.add_parser("train", help="train a policy on scored preference pairs (one prox step)",
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--policy", required=True, help="the parent policy folder (or hub id) to start from")
@@ -58,35 +46,12 @@ def register(subparsers) -> None:
     parser.add_argument("--validation", nargs="+", type=Path, default=[],
                         help="scored held-out pairs: validation loss every --eval-steps and at each epoch's end; "
                              "the lowest-loss checkpoint is kept (unless --no-select-best)")
-    parser.add_argument("--eval-steps", type=int, default=None, help="with --validation; default 500")
-    parser.add_argument("--select-best", action=argparse.BooleanOptionalAction, default=None,
-                        help="with --validation: keep the lowest-validation-loss checkpoint (default) or the last")
     parser.add_argument("--resume-dir", required=True, type=Path,
                         help="side folder for resume checkpoints, outside --out (e.g. OUT.partial)")
-    parser.add_argument("--loss", choices=LOSSES, default=None, help="default inpo")
-    parser.add_argument("--eta", type=float, default=None, help="step size η > 0 (KL weight 1/η = DPO β); default 500")
-    parser.add_argument("--eta-tau", type=float, default=None, help="ητ in (0, 1], INPO only; default 1/3")
-    parser.add_argument("--epochs", type=float, default=None, help="default 3")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="pairs per optimizer step over all processes (the global batch); default 32")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=None, help="default 1")
-    parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-7")
-    parser.add_argument("--lr-scheduler-type", default=None, help="default linear")
-    parser.add_argument("--warmup-ratio", type=float, default=None, help="default 0")
-    parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay; default 0")
-    parser.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping, 0: none; default 1")
-    parser.add_argument("--master-dtype", choices=["float32", "bfloat16"], default=None,
-                        help="dtype of the weights AdamW updates and saves; default float32 (bf16 autocast is --bf16)")
-    parser.add_argument("--max-length", type=int, default=None, help="tokens per sequence; default 512")
-    parser.add_argument("--seed", type=int, default=None, help="default 0")
-    parser.add_argument("--bf16", choices=["auto", "true", "false"], default=None,
-                        help="bf16 mixed precision; default auto (only on a CUDA GPU with bf16)")
-    parser.add_argument("--save-steps", type=int, default=None, help="optimizer steps between checkpoints; default 50")
-    parser.add_argument("--logging-steps", type=int, default=None, help="default 10")
-    parser.add_argument("--deepspeed", default=None, help="path to a DeepSpeed config JSON")
-    parser.add_argument("--fsdp", default=None, help="TrainingArguments.fsdp, e.g. 'full_shard auto_wrap'")
     parser.add_argument("--config-json", default=None,
                         help="JSON object of training settings (TrainSettings fields); flags win over it")
+    add_arguments(parser.add_argument_group("training settings (linepo.stages.training.TrainSettings)"),
+                  TrainSettings)
     parser.add_argument("--trust-remote-code", action="store_true", default=None,
                         help="run the checkpoint's own modelling code")
     parser.add_argument("--num-processes", type=int, default=None,
@@ -104,7 +69,8 @@ def settings_from_args(args):
         InputError: --config-json is not a JSON object or names an unknown setting; a bad value.
     """
     from linepo.errors import InputError
-    from linepo.stages.training import TrainSettings
+    from linepo.settings import given
+    from linepo.stages.training.settings import TrainSettings
 
     settings = TrainSettings()
     if args.config_json:
@@ -115,7 +81,9 @@ def settings_from_args(args):
         if not isinstance(values, dict):
             raise InputError("--config-json: must be a JSON object of training settings")
         settings = settings.updated(values, "--config-json")
-    flags = {field: getattr(args, dest) for dest, field in _FLAG_FIELDS.items() if getattr(args, dest) is not None}
+    flags = given(args, TrainSettings)
+    if args.trust_remote_code:
+        flags["trust_remote_code"] = True
     return settings.updated(flags, "flags").validate()
 
 

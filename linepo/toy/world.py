@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from linepo.errors import InputError
+from linepo.stages.judges.synthetic import DEFAULT_CATEGORIES, DEFAULT_FIRST_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ log = logging.getLogger(__name__)
 #: data, kept when the module moved, so that files and node ids stay the same.
 SOURCE_LABEL = "linepo.embedded"
 
-STYLES = ("brief", "plain", "detailed")
-STYLE_FIRST_WORDS = {"brief": "Briefly", "plain": "Sure", "detailed": "Certainly"}
+#: The three styles are the default synthetic oracle's categories, and their first words
+#: its first words: the toy world is built to be judged by the paper's game (numpy-only import).
+STYLES = DEFAULT_CATEGORIES
+STYLE_FIRST_WORDS = {style: word for word, style in DEFAULT_FIRST_WORDS.items()}
 DEFAULT_STYLE_MIX = (0.2, 0.5, 0.3)  # the paper's start point PAPER_INIT
 
 # Special tokens and the chat template of the embedded tokenizer. The assistant marker is
