@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from linepo.toy import world as embedded
+    from linepo import toy as embedded
     from linepo.stages.models import encode_prompt, load_policy, save_policy
     from linepo.stages.sampling import SamplerSettings, TransformersSampler
 

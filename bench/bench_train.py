@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import linepo.stages.training as training  # noqa: E402
-from linepo.toy import world as embedded  # noqa: E402
+from linepo import toy as embedded  # noqa: E402
 
 
 def build_policy(path: Path, hidden: int, layers: int, seed: int = 0):

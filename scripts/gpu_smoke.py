@@ -106,41 +106,11 @@ class Stages:
         return row
 
 
-def sft(model, tokenizer, examples, steps: int, device: str, seed: int):
-    """A short SFT on ``device`` (``linepo.toy.world.sft`` is the embedded default's CPU-only recipe):
-    AdamW with warm-up and cosine decay, 32 examples per step, bf16 autocast on a GPU."""
-    import math
-
-    import torch
-
-    from linepo.toy import world as embedded
-
-    features = embedded.sft_features(tokenizer, examples)
-    collate = embedded._collate(tokenizer.pad_token_id)
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        rows = torch.randint(len(features), (32,), generator=generator).tolist()
-        batch = {k: v.to(device) for k, v in collate([features[i] for i in rows]).items()}  # (32, T) each
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-    return model.eval()
-
-
 def build_policy(path: Path, args) -> dict:
     """The embedded tokenizer and a random Qwen2 of the asked size, SFT'd for --sft-steps."""
     import numpy as np
 
-    from linepo.toy import world as embedded
+    from linepo import toy as embedded
     from linepo.stages.models import save_policy
 
     heads = max(1, args.hidden // 64)
@@ -152,7 +122,8 @@ def build_policy(path: Path, args) -> dict:
     model = embedded.init_model(tokenizer, args.seed, **size)
     summary = {"parameters": sum(p.numel() for p in model.parameters()), "sft_steps": args.sft_steps}
     if args.sft_steps:
-        model = sft(model, tokenizer, examples, args.sft_steps, args.device, args.seed)
+        model = embedded.sft(model.to(args.device), tokenizer, examples, steps=args.sft_steps, seed=args.seed,
+                             learning_rate=1e-3)  # the one SFT loop, on the asked device
         probs = embedded.first_token_category_probs(model, tokenizer, embedded.prompts("eval")).mean(axis=0)
         summary["eval_category_probs"] = dict(zip((*embedded.STYLES, "unmatched"), np.round(probs, 3).tolist()))
     save_policy(model.float().cpu().eval(), tokenizer, path)
@@ -171,7 +142,7 @@ def run(args) -> dict:
 def run_in(args, root: Path) -> dict:
     import torch
 
-    from linepo.toy import world as embedded
+    from linepo import toy as embedded
     from linepo.stages.judges import make_judge
     from linepo.stages.preferences import group_samples, run_tournament, select_preferences
     from linepo.stages.prompts import split_prompts

@@ -10,7 +10,7 @@ import collections
 import numpy as np
 import pytest
 
-from linepo.toy import world as embedded
+from linepo import toy as embedded
 from linepo.cli import main
 from linepo.errors import InputError
 from linepo.schemas import read_table

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from linepo.toy import world as embedded
+from linepo import toy as embedded
 from linepo.evaluation import winrates as ev
 from linepo.workflow.config import validate_config
 from linepo.workflow.evalplan import EvalPlan, build_eval_plan

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from linepo.toy import world as embedded  # noqa: E402
+from linepo import toy as embedded  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
 from linepo.stages.models import PLAIN_TEMPLATE, encode_prompt, format_prompt, load_policy, save_policy  # noqa: E402
 

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from linepo.toy import world as embedded
+from linepo import toy as embedded
 from linepo.errors import InputError
 from linepo.stages.parallel import device_groups, shard_bounds, shard_count
 from linepo.schemas import read_metadata, read_table, write_table

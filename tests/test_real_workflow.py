@@ -61,7 +61,7 @@ def data_files(root: Path) -> dict[str, Path]:
     if (SHARED / "ultrafeedback/sample.jsonl").is_file():
         return {"train": SHARED / "ultrafeedback/sample.jsonl", "held_out": SHARED / "ultrachat/sample.jsonl",
                 "eval": SHARED / "alpaca_eval/eval_set.json"}
-    from linepo.toy import world as embedded
+    from linepo import toy as embedded
 
     train, held = embedded.prompts("train", 24), embedded.prompts("eval", 16)
     return {"train": _stand_in_prompts(root / "uf.jsonl", train[:16], "ultrafeedback"),

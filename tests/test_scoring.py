@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from linepo.toy import world as embedded  # noqa: E402
+from linepo import toy as embedded  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
 from linepo.stages.models import encode_prompt, load_policy, save_policy  # noqa: E402
 from linepo.schemas import read_metadata, read_table, write_table  # noqa: E402

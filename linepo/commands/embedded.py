@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def run_build(args) -> int:
-    from linepo.toy import world as embedded
+    from linepo import toy as embedded
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -48,7 +48,7 @@ def run_build(args) -> int:
 
 
 def run_prompts(args) -> int:
-    from linepo.toy import world as embedded
+    from linepo import toy as embedded
     from linepo.schemas import write_table
 
     rows = embedded.prompt_rows(args.split, args.num)

@@ -254,6 +254,30 @@ def first_response_token_probs(model, tokenizer, prompts, batch_size: int = 64):
     return torch.cat(rows) if rows else torch.zeros(0, model.config.vocab_size, dtype=torch.float64)
 
 
+def first_token_category_probs(model, tokenizer, prompts, category_token_ids, batch_size: int = 64):
+    """P(category | prompt) from the first response token, for categories that are sets of tokens.
+
+    ``category_token_ids[c]`` lists the first tokens of category c; the mass on every other
+    token is a last "unmatched" column. The one readout of a first-token category mix: the
+    toy world's style mix and the exact exploitability both use it.
+
+    Returns:
+        numpy ``(num_prompts, k + 1)``, rows summing to 1.
+    """
+    import numpy as np
+
+    probs = first_response_token_probs(model, tokenizer, prompts, batch_size).numpy()  # (N, V)
+    k = len(category_token_ids)
+    per_category = np.zeros((len(prompts), k + 1))
+    for c, tokens in enumerate(category_token_ids):
+        for token in tokens:
+            per_category[:, c] += probs[:, token]
+    per_category[:, k] = np.clip(1 - per_category[:, :k].sum(axis=1), 0, None)  # unmatched
+    if not len(prompts):
+        return per_category
+    return per_category / per_category.sum(axis=1, keepdims=True)
+
+
 def first_response_token_ids(tokenizer, words, prompt: str = "Hello.") -> dict[str, int] | None:
     """The token id of each word as the first response token, or None if one is not one token.
 

@@ -140,8 +140,9 @@ def chat_features(tokenizer, chat: list[dict], max_length: int) -> dict:
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
-def _collate(pad_token_id: int):
-    def collate(batch: list[dict]) -> dict:
+def collate(pad_token_id: int):
+    """Right-padded SFT batches (positions stay 0..len-1 for every row), labels -100 on padding."""
+    def collate_batch(batch: list[dict]) -> dict:
         import torch
 
         width = max(len(b["input_ids"]) for b in batch)
@@ -153,7 +154,42 @@ def _collate(pad_token_id: int):
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    return collate
+    return collate_batch
+
+
+def fit(model, features: list[dict], pad_token_id: int, args, *, resume_from=None):
+    """The one SFT loop (the embedded toy's build and :func:`train_sft` both run it): a
+    ``transformers.Trainer`` on ``{"input_ids", "labels"}`` features with ``args``
+    (``TrainingArguments``), its log lines sent to this module's logger.
+
+    Returns:
+        the Trainer's ``TrainOutput`` (global_step, training_loss).
+    """
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class LogCallback(TrainerCallback):
+        # Trainer prints its log dicts to stdout; send them to the logger instead.
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                log.info("sft step %d/%d: loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
+
+    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collate(pad_token_id))
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LogCallback())
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    model.eval()
+    return result
+
+
+def use_bf16(setting: str) -> bool:
+    """``auto``: bf16 autocast on a CUDA GPU that has it; else what the setting says."""
+    import torch
+
+    if str(setting).lower() == "auto":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return str(setting).lower() == "true"
 
 
 # ----------------------------------------------------------------------------- training
@@ -172,8 +208,7 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
             overlapping output and side folders; nothing is written.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
     from linepo.stages.models import resolve_policy, resolve_tokenizer, save_policy
     from linepo.stages.training import _warmup_arguments, latest_checkpoint
@@ -200,24 +235,18 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
         raise InputError(f"{base}: cannot load the base model ({err})") from err
     model.config.use_cache = False
     cuda = torch.cuda.is_available()
-    bf16 = (cuda and torch.cuda.is_bf16_supported()) if str(settings.bf16).lower() == "auto" \
-        else str(settings.bf16).lower() == "true"
     args = TrainingArguments(
         output_dir=str(resume_dir), num_train_epochs=float(settings.epochs),
         per_device_train_batch_size=settings.batch_size // settings.gradient_accumulation_steps,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler_type, weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm, bf16=bf16, seed=settings.seed, data_seed=settings.seed,
-        logging_steps=10, save_strategy="steps", save_steps=settings.save_steps, save_total_limit=2,
-        report_to="none", disable_tqdm=True, remove_unused_columns=False, use_cpu=not cuda,
+        max_grad_norm=settings.max_grad_norm, bf16=use_bf16(settings.bf16), seed=settings.seed,
+        data_seed=settings.seed, logging_steps=10, save_strategy="steps", save_steps=settings.save_steps,
+        save_total_limit=2, report_to="none", disable_tqdm=True, remove_unused_columns=False, use_cpu=not cuda,
         dataloader_pin_memory=cuda, **_warmup_arguments(TrainingArguments, settings.warmup_ratio))
-    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=_collate(pad))
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
     resume = latest_checkpoint(resume_dir)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    model.eval()
+    result = fit(model, features, pad, args, resume_from=resume)
     save_policy(model, tok, out)
     if resume_dir.is_dir():
         shutil.rmtree(resume_dir)

@@ -1,6 +1,5 @@
-"""The embedded default policy: a tiny chat model trained here, so nothing is ever downloaded.
+"""The embedded toy world: prompts, three answer styles and an SFT corpus, generated here.
 
-    linepo embedded build --out results/embedded/policy --seed 0 --steps 200
     linepo embedded prompts --out results/embedded/prompts_train.parquet --split train --num 400
 
 It is the LLM-shaped twin of the paper's 3×3 game (§4): every response has one of three
@@ -10,41 +9,33 @@ STYLES, and the style is the category that the synthetic intransitive judge comp
 - ``plain`` responses start with "Sure," and are medium,
 - ``detailed`` responses start with "Certainly," and are long.
 
-The first word decides the category, and the tokenizer makes each first word a single
-token right after the assistant marker, so the category of a sampled response is decided
-by the first response token, and :func:`first_token_category_probs` reads the policy's
-exact distribution over categories off one forward pass. The SFT data draws each
+The first word decides the category; the tokenizer (:mod:`linepo.toy.model`) makes each
+first word a single token right after the assistant marker, so a policy's exact
+distribution over categories is one forward pass away. The SFT corpus draws each
 response's style from ``style_mix`` (default the paper's start point [0.2, 0.5, 0.3], far
-from the game's Nash policy [4/11, 3/11, 4/11]), so the SFT policy starts there too.
-Lengths differ by style so that average output length is a meaningful statistic.
+from the game's Nash policy [4/11, 3/11, 4/11]). Lengths differ by style so that average
+output length is a meaningful statistic.
 
 By default (``continuations="fixed"``) each (prompt, style) has one answer text, so a
 response *is* its style for the policy's purposes and the LLM realises the 3×3 game.
 With ``"varied"`` each style has many continuations (random phrasings): a sequence-level
 loss can then lower one sampled text's probability through its continuation tokens
-without moving mass out of its style, and finite-sample steps under-correct the
-styles with the most varied continuations (README, "Choosing the default").
+without moving mass out of its style (README, "Choosing the default").
 
-Everything is deterministic given the seed: the prompts, the corpus, the tokenizer, the
-initial weights and the SFT data order.
+Everything is deterministic given the seed. Numpy only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import itertools
-import logging
 import math
-import time
 
 import numpy as np
 
 from linepo.errors import InputError
 from linepo.stages.judges.synthetic import DEFAULT_CATEGORIES, DEFAULT_FIRST_WORDS
-
-log = logging.getLogger(__name__)
 
 #: The ``source`` the embedded prompts record in every prompts file ("linepo.embedded:train"):
 #: data, kept when the module moved, so that files and node ids stay the same.
@@ -55,20 +46,6 @@ SOURCE_LABEL = "linepo.embedded"
 STYLES = DEFAULT_CATEGORIES
 STYLE_FIRST_WORDS = {style: word for word, style in DEFAULT_FIRST_WORDS.items()}
 DEFAULT_STYLE_MIX = (0.2, 0.5, 0.3)  # the paper's start point PAPER_INIT
-
-# Special tokens and the chat template of the embedded tokenizer. The assistant marker is
-# directly followed by the response (no newline), so the response's first word is
-# pre-tokenized on its own and BPE learns it as one token.
-# PAD is Qwen2's "<|endoftext|>": AutoTokenizer loads a qwen2 checkpoint's tokenizer as
-# Qwen2Tokenizer, which would otherwise append that token beyond the model's vocabulary.
-PAD, USER, ASSISTANT, END = "<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + END + ""
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
-)
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -299,317 +276,3 @@ def corpus(
     return examples
 
 
-# ----------------------------------------------------------------------------- tokenizer
-
-VOCAB_SIZE = 768
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-
-
-def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE tokenizer trained on ``texts``, with the embedded chat template.
-
-    Byte-level BPE (as in GPT-2/Qwen2) decodes every token sequence back to exact text.
-    The style words are added to the training texts many times, so BPE merges each into a
-    single token whatever the corpus; :func:`style_token_ids` checks it.
-
-    Returns:
-        a ``PreTrainedTokenizerFast`` with pad/eos set, left padding and ``CHAT_TEMPLATE``.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    # The exact pipeline of transformers' Qwen2Tokenizer, which AutoTokenizer rebuilds from
-    # our vocab and merges when it loads a qwen2 checkpoint: same tokens either way.
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD, USER, ASSISTANT, END],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    # Each style word alone on a line, as it stands after the assistant marker (no leading
-    # space), many times: BPE then merges each into one token whatever the corpus.
-    style_lines = list(STYLE_FIRST_WORDS.values()) * 1000
-    tok.train_from_iterator(itertools.chain(texts, style_lines), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        eos_token=END,
-        additional_special_tokens=[USER, ASSISTANT],
-        padding_side="left",
-        model_max_length=512,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def style_token_ids(tokenizer, prompt: str = "Explain gravity.") -> dict[str, int]:
-    """Token id of each style's first word as the first response token, ``{style: id}``.
-
-    Works for any tokenizer: a word counts as one token when appending it to the
-    formatted prompt adds exactly one token and leaves the prompt's tokens unchanged.
-
-    Raises:
-        InputError: some style word is not a single token after the assistant marker
-            (the policy is not an embedded one).
-    """
-    from linepo.stages.models import first_response_token_ids
-
-    ids = {}
-    for style, word in STYLE_FIRST_WORDS.items():
-        found = first_response_token_ids(tokenizer, [word], prompt)
-        if found is None:
-            raise InputError(f"tokenizer: style word {word!r} is not a single token after the assistant marker")
-        ids[style] = found[word]
-    return ids
-
-
-# ----------------------------------------------------------------------------- model
-
-#: 1.08 M parameters with the 768-token tokenizer: enough to copy the topic into the
-#: answer, small enough for a CPU SFT of about a minute.
-MODEL_SIZE = dict(
-    hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512
-)
-
-
-def model_config(tokenizer, **overrides):
-    """A small ``Qwen2Config`` for ``tokenizer`` (overrides replace :data:`MODEL_SIZE` keys)."""
-    from transformers import Qwen2Config
-
-    size = {**MODEL_SIZE, **overrides}
-    return Qwen2Config(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        **size,
-    )
-
-
-def init_model(tokenizer, seed: int = 0, **overrides):
-    """A randomly initialised ``Qwen2ForCausalLM`` (float32) for ``tokenizer``."""
-    import torch
-    from transformers import GenerationConfig, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(model_config(tokenizer, **overrides))
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
-    )
-    return model
-
-
-# ----------------------------------------------------------------------------- SFT
-
-
-def sft_features(tokenizer, examples) -> list[dict]:
-    """Token ids and labels of SFT examples: loss only on the response and its EOS.
-
-    ``labels`` is -100 on the prompt (chat template included), so the model learns
-    p(response | prompt) and not the prompt distribution.
-    """
-    from linepo.stages.models import encode_prompt
-
-    features = []
-    for ex in examples:
-        prompt_ids = encode_prompt(tokenizer, ex["prompt"])
-        response_ids = tokenizer(ex["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        features.append(
-            {"input_ids": prompt_ids + response_ids, "labels": [-100] * len(prompt_ids) + response_ids}
-        )
-    return features
-
-
-def _collate(pad_token_id: int):
-    import torch
-
-    def collate(batch: list[dict]) -> dict:
-        # Right padding for training: positions stay 0..len-1 for every row.
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), pad_token_id)  # (B, T)
-        labels = torch.full((len(batch), width), -100)  # (B, T)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-        for i, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[i, :n] = torch.tensor(b["input_ids"])
-            labels[i, :n] = torch.tensor(b["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-    return collate
-
-
-def sft(model, tokenizer, examples, *, steps: int, seed: int = 0, batch_size: int = 32, learning_rate: float = 5e-3):
-    """Supervised fine-tuning with transformers' ``Trainer`` on CPU; returns the trained model."""
-    import tempfile
-
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    class LogCallback(TrainerCallback):
-        # Trainer prints its log dicts to stdout; send them to the logger instead.
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                log.info("sft step %d/%d: loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
-
-    with tempfile.TemporaryDirectory(prefix="linepo-sft-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=max(1, steps // 10),
-            weight_decay=0.0,
-            optim="adamw_torch",
-            logging_steps=max(1, steps // 5),
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            seed=seed,
-            data_seed=seed,
-            dataloader_pin_memory=False,
-            disable_tqdm=True,
-            remove_unused_columns=False,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=sft_features(tokenizer, examples),
-            data_collator=_collate(tokenizer.pad_token_id),
-        )
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(LogCallback())
-        trainer.train()
-    model.eval()
-    return model
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def first_token_category_probs(model, tokenizer, prompts, batch_size: int = 64) -> np.ndarray:
-    """Exact probability of each category at the first response token, per prompt.
-
-    Returns:
-        array ``(num_prompts, len(STYLES) + 1)``: columns in :data:`STYLES` order, then the
-        mass on any other token ("unmatched"); rows sum to 1.
-
-    Raises:
-        InputError: the tokenizer does not make each style word one token.
-    """
-    from linepo.stages.models import first_response_token_probs
-
-    token_ids = [style_token_ids(tokenizer)[s] for s in STYLES]
-    probs = first_response_token_probs(model, tokenizer, prompts, batch_size).numpy()  # (N, V)
-    matched = probs[:, token_ids]  # (N, S)
-    rows = np.concatenate([matched, np.clip(1 - matched.sum(-1, keepdims=True), 0, None)], axis=1)
-    return rows / rows.sum(axis=1, keepdims=True) if len(rows) else np.zeros((0, len(STYLES) + 1))
-
-
-# ----------------------------------------------------------------------------- build
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Run a block with ``threads`` torch intra-op threads (None: leave torch's setting)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def build(
-    out,
-    *,
-    seed: int = 0,
-    steps: int = 200,
-    style_mix=DEFAULT_STYLE_MIX,
-    continuations: str = "fixed",
-    num_prompts: int | None = None,
-    learning_rate: float = 5e-3,
-    batch_size: int = 32,
-    threads: int | None = 1,
-    **model_overrides,
-) -> dict:
-    """Build the embedded policy in folder ``out``: tokenizer, initial model, SFT, save.
-
-    ``threads`` is 1 by default: a 1 M-parameter model gains little from more, a fixed
-    count keeps the float results the same across machines, and on a busy 2-core box two
-    threads stalled each other (measured: 263 s with two vs 57 s with one).
-
-    Returns:
-        a summary: parameter count, seconds, and the SFT policy's mean category
-        distribution on the eval prompts next to ``style_mix``.
-
-    Raises:
-        InputError: bad ``style_mix``, ``steps`` < 1 or ``num_prompts`` out of range.
-    """
-    from linepo.stages.models import save_policy
-
-    if steps < 1:
-        raise InputError(f"--steps: must be at least 1, got {steps}")
-    start = time.perf_counter()
-    examples = corpus(num_prompts, style_mix, seed, continuations=continuations)
-    tokenizer = train_tokenizer([e["prompt"] for e in examples] + [e["response"] for e in examples])
-    style_token_ids(tokenizer)  # fail now, not after training, if a style word got split
-    with torch_threads(threads):
-        model = init_model(tokenizer, seed, **model_overrides)
-        num_params = sum(p.numel() for p in model.parameters())
-        log.info("embedded policy: %d parameters, %d SFT examples, %d steps", num_params, len(examples), steps)
-        model = sft(
-            model, tokenizer, examples, steps=steps, seed=seed, learning_rate=learning_rate, batch_size=batch_size
-        )
-        probs = first_token_category_probs(model, tokenizer, prompts("eval")).mean(axis=0)
-    save_policy(model, tokenizer, out)
-    return {
-        "out": str(out),
-        "parameters": num_params,
-        "steps": steps,
-        "seconds": round(time.perf_counter() - start, 1),
-        "style_mix": dict(zip(STYLES, check_style_mix(style_mix))),
-        "continuations": continuations,
-        "eval_category_probs": dict(zip((*STYLES, "unmatched"), probs.round(4).tolist())),
-    }
-
-
-#: a model small enough for unit tests (22 k parameters with the 400-token tokenizer)
-TINY_SIZE = dict(
-    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64
-)
-
-
-def build_random(out, *, seed: int = 0, num_prompts: int = 50, vocab_size: int = 400, **model_overrides):
-    """An untrained policy (embedded tokenizer, tiny random Qwen2) saved to ``out``, in ~1 s.
-
-    For tests of anything that needs a real policy folder (sampling, judging, training)
-    without the cost of :func:`build`. Returns ``(model, tokenizer)`` as saved.
-    """
-    from linepo.stages.models import save_policy
-
-    examples = corpus(num_prompts, seed=seed, responses_per_prompt=1)
-    tokenizer = train_tokenizer([e["prompt"] for e in examples] + [e["response"] for e in examples], vocab_size)
-    model = init_model(tokenizer, seed, **{**TINY_SIZE, **model_overrides})
-    model.eval()
-    save_policy(model, tokenizer, out)
-    return model, tokenizer
