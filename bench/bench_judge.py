@@ -26,40 +26,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from linepo.stages.judges import OFFSETBIAS_USER_TEMPLATE, _batches, make_judge  # noqa: E402
+from linepo.stages.judges import make_judge  # noqa: E402
+from linepo.stages.judges.hf import batches as _batches  # noqa: E402
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 WORDS = ("the moon pulls water toward it so oceans bulge and tides rise twice a day while "
          "clouds form when vapour cools and condenses into drops that grow heavy and fall as rain").split()
 
 
 def build_model(path: Path, hidden: int, layers: int, vocab: int) -> str:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from linepo.testing import judge_format_tokenizer, save_model, tiny_causal_lm
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"],
-    )
-    tok.train_from_iterator([OFFSETBIAS_USER_TEMPLATE, " ".join(WORDS)] * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer = judge_format_tokenizer([" ".join(WORDS)] * 2, vocab_size=vocab)
+    model = tiny_causal_lm(tokenizer, "llama", 0, tie=False, hidden_size=hidden, intermediate_size=4 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                           num_key_value_heads=max(1, hidden // 128))
+    save_model(model, tokenizer, path)
     return str(path)
 
 

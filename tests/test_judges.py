@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import build_tiny_judge
+
 from linepo.errors import InputError
 from linepo.stages.judges import (
     OFFSETBIAS_USER_TEMPLATE,
@@ -27,50 +29,14 @@ from linepo.stages.judges import (
 
 # ----------------------------------------------------------------------------- tiny models
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def build_tiny_model(path, *, classifier: bool = False, hidden: int = 32, layers: int = 2, seed: int = 0):
-    """Save a random tiny Llama (causal LM, or 1-label classifier) and a BPE tokenizer to ``path``."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"],
-    )
-    corpus = [OFFSETBIAS_USER_TEMPLATE, "Briefly, the answer. Sure, here it is. Certainly, in detail: words."]
-    tok.train_from_iterator(corpus * 10, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, num_labels=1,
-    )
-    model = (LlamaForSequenceClassification if classifier else LlamaForCausalLM)(config)
-    model.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def lm_path(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("judge_lm"))
+    return build_tiny_judge(tmp_path_factory.mktemp("judge_lm"))
 
 
 @pytest.fixture(scope="module")
 def rm_path(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("judge_rm"), classifier=True)
+    return build_tiny_judge(tmp_path_factory.mktemp("judge_rm"), classifier=True)
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_device_groups(monkeypatch):
 @pytest.fixture(scope="module")
 def policy_and_prompts(tmp_path_factory):
     pytest.importorskip("torch")
-    from test_scoring import build_tiny_policy
+    from helpers import build_tiny_policy
 
     root = tmp_path_factory.mktemp("parallel")
     build_tiny_policy(root / "policy", seed=0)

@@ -228,7 +228,7 @@ def test_judge_command_with_a_config_file(samples_file, tmp_path):
 
 
 def test_lm_judges_through_the_command(samples_file, tmp_path):
-    from test_judges import build_tiny_model
+    from helpers import build_tiny_judge as build_tiny_model
 
     lm = build_tiny_model(tmp_path / "lm")
     rm = build_tiny_model(tmp_path / "rm", classifier=True)

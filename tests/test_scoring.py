@@ -7,60 +7,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from linepo import toy as embedded  # noqa: E402
+from helpers import build_tiny_policy, manual_logprob, preference_rows  # noqa: E402
+
 from linepo.errors import InputError  # noqa: E402
-from linepo.stages.models import encode_prompt, load_policy, save_policy  # noqa: E402
+from linepo.stages.models import encode_prompt, load_policy  # noqa: E402
 from linepo.schemas import read_metadata, read_table, write_table  # noqa: E402
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
-
-
-# ----------------------------------------------------------------------------- helpers (test_training imports them)
-
-
-def build_tiny_policy(path, seed: int = 0, tokenizer=None):
-    """A random tiny Qwen2 + the embedded BPE tokenizer, saved to ``path``; returns the tokenizer."""
-    if tokenizer is None:
-        examples = embedded.corpus(num_prompts=20, seed=0)
-        tokenizer = embedded.train_tokenizer([e["prompt"] for e in examples] + [e["response"] for e in examples],
-                                             vocab_size=300)
-    model = embedded.init_model(tokenizer, seed, **TINY)
-    save_policy(model, tokenizer, path)
-    return tokenizer
-
-
-def preference_rows(num: int, start: int = 0, seed: int = 0) -> list[dict]:
-    """``num`` synthetic pairs: a detailed (chosen) vs a brief (rejected) answer to train prompts."""
-    rng = np.random.default_rng(seed)
-    prompts = embedded.prompts("train", start + num)
-    rows = []
-    for i in range(start, start + num):
-        rows.append({
-            "prompt_id": f"p{i}", "prompt": prompts[i],
-            "chosen": embedded.response(i, "detailed", rng), "rejected": embedded.response(i, "brief", rng),
-            "chosen_index": 0, "rejected_index": 1,
-            "chosen_win_rate": 0.75, "rejected_win_rate": 0.25, "label_probability": 1.0,
-            "chosen_finished": True, "rejected_finished": True,
-        })
-    return rows
-
-
-def manual_logprob(model, tokenizer, prompt: str, response: str, finished: bool = True) -> float:
-    """Σ log_softmax at the response positions of one unpadded sequence (the definition);
-    EOS only where the response ``finished`` (a sample cut at max_new_tokens never emitted it)."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * finished
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # (T, V)
-    logps = torch.log_softmax(logits, dim=-1)
-    return float(sum(logps[t - 1, ids[t]] for t in range(len(prompt_ids), len(ids))))
-
-
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):

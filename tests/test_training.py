@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -20,7 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_scoring import build_tiny_policy, preference_rows  # noqa: E402
+from helpers import (LOSS_SETTINGS, NUM_PAIRS, StopAt, build_tiny_policy, evaluate, fast_settings,  # noqa: E402
+                     preference_rows, sha256)
 
 from linepo.cli import main  # noqa: E402
 from linepo.errors import InputError  # noqa: E402
@@ -30,29 +30,11 @@ from linepo.stages.scoring import score_preferences  # noqa: E402
 from linepo.stages.training import (  # noqa: E402
     NonFiniteLossError,
     PairCollator,
-    TrainSettings,
     pair_features,
     pair_loss,
     read_scored,
     train_policy,
 )
-
-NUM_PAIRS = 12
-#: loss -> (eta, eta_tau): η/2 is the IPO/INPO target, reachable by a tiny model in a few steps
-LOSS_SETTINGS = {"dpo": (1.0, 1.0), "ipo": (8.0, 1.0), "inpo": (8.0, 0.5), "sppo": (8.0, 1.0)}
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def fast_settings(**changes) -> TrainSettings:
-    values = dict(loss="inpo", eta=8.0, eta_tau=0.5, epochs=2, batch_size=4, learning_rate=1e-3,
-                  save_steps=2, logging_steps=1, seed=0)
-    values.update(changes)
-    return TrainSettings(**values)
-
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -66,22 +48,6 @@ def data(tmp_path_factory):
     score_preferences(root / "prefs.parquet", root / "scored_anchor.parquet", reference=root / "parent",
                       anchor=root / "anchor", batch_size=8, max_length=512, dtype="float32")
     return root
-
-
-def evaluate(policy_dir, scored, loss: str, eta: float, eta_tau: float) -> dict:
-    """Mean loss and margins of ``policy_dir`` on every pair of ``scored`` (no grad)."""
-    model, tokenizer = load_policy(policy_dir, dtype="float32", device="cpu")
-    table = read_scored([scored])
-    batch = PairCollator(tokenizer.pad_token_id)(pair_features(tokenizer, table, 512))
-    with torch.no_grad():
-        mean, _, logps = pair_loss(model, batch, loss, eta=eta, tau=eta_tau / eta)
-    n = logps.shape[0] // 2
-    delta_policy = (logps[:n] - logps[n:]).double()
-    delta_ref = (batch["reference_chosen_logp"] - batch["reference_rejected_logp"]).double()
-    delta_anchor = (batch["anchor_chosen_logp"] - batch["anchor_rejected_logp"]).double()
-    inpo_residual = delta_policy - eta_tau * delta_ref - (1 - eta_tau) * delta_anchor - eta / 2
-    return {"loss": float(mean), "margin": float((delta_policy - delta_ref).mean()),
-            "inpo_residual": float(inpo_residual.abs().mean())}
 
 
 _TRAINED: dict = {}
@@ -247,20 +213,6 @@ def test_settings_merge_config_json_then_flags():
 
 
 # ----------------------------------------------------------------------------- resume
-
-
-class StopAt:
-    """A Trainer callback that raises at an optimizer step: a crash mid-training."""
-
-    def __new__(cls, step: int):
-        from transformers import TrainerCallback
-
-        class _Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == step:
-                    raise KeyboardInterrupt(f"stopped at step {step}")
-
-        return _Stop()
 
 
 def test_resume_after_crash_is_byte_identical(data, tmp_path, caplog):

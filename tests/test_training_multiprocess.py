@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
 from safetensors.torch import load_file  # noqa: E402
-from test_scoring import build_tiny_policy, preference_rows  # noqa: E402
+from helpers import build_tiny_policy, preference_rows  # noqa: E402
 
 from linepo.cli import main  # noqa: E402
 from linepo.schemas import read_table, write_table  # noqa: E402

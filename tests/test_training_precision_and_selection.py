@@ -14,8 +14,7 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from test_scoring import build_tiny_policy, preference_rows  # noqa: E402
-from test_training import NUM_PAIRS, StopAt, evaluate, fast_settings, sha256  # noqa: E402
+from helpers import NUM_PAIRS, StopAt, build_tiny_policy, evaluate, fast_settings, preference_rows, sha256  # noqa: E402
 
 from linepo.workflow.config import validate_config  # noqa: E402
 from linepo.stages.models import load_policy, save_policy  # noqa: E402

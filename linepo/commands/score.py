@@ -17,10 +17,11 @@ import logging
 import sys
 from pathlib import Path
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # = linepo.stages.models.DTYPES, kept light
-
-
 def register(subparsers) -> None:
+    from linepo.settings import add_arguments
+    from linepo.sources import DTYPES
+    from linepo.stages.scoring import ScoringSettings
+
     parser = subparsers.add_parser("score", help="log-probs of preference pairs under the reference and anchor policies",
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--preferences", required=True, nargs="+", type=Path,
@@ -28,8 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--reference", required=True, help="π_ref: policy folder or hub id")
     parser.add_argument("--anchor", required=True, help="μ_k, the policy that sampled the pairs (INPO's anchor)")
     parser.add_argument("--out", required=True, type=Path, help="the scored parquet file to write")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass; default %(default)s")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per sequence; default %(default)s")
+    add_arguments(parser.add_argument_group("scoring settings"), ScoringSettings)
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype; default %(default)s")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
     parser.set_defaults(func=run)
@@ -40,8 +40,12 @@ def run(args) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from linepo.settings import from_mapping, given
+    from linepo.stages.scoring import ScoringSettings
+
+    settings = from_mapping(ScoringSettings, given(args, ScoringSettings), source="flags", key_format="{flag}")
     stats = score_preferences(args.preferences, args.out, reference=args.reference, anchor=args.anchor,
-                              batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
+                              batch_size=settings.batch_size, max_length=settings.max_length, dtype=args.dtype,
                               trust_remote_code=args.trust_remote_code)
     print(f"linepo score: wrote {args.out}: {stats['pairs']} pairs, {stats['models_run']} model(s), "
           f"{stats['pairs_per_s']} pairs/s, {stats['tokens_per_s']} tokens/s", file=sys.stderr)

@@ -31,11 +31,22 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.settings import setting
 
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How log-probs are computed (the workflow config's ``scoring`` section; ``linepo score``'s flags)."""
+
+    batch_size: int = setting(32, "sequences per forward pass", low=1)
+    max_length: int = setting(512, "tokens per sequence: longer ones lose their prompt's start, then their "
+                                   "response's end", low=8)
+
 
 #: Columns of a "scored" file that hold log-probs.
 LOGP_COLUMNS = ("reference_chosen_logp", "reference_rejected_logp", "anchor_chosen_logp", "anchor_rejected_logp")
