@@ -18,12 +18,8 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from linepo.stages.training.settings import TrainSettings
-
-if TYPE_CHECKING:  # the recipe imports this module
-    from linepo.stages.training.recipe import PreferenceTraining
 
 log = logging.getLogger("linepo.stages.training")
 
@@ -127,7 +123,7 @@ class BestCheckpoints:
     RECORD = "eval_loss.json"
     PATTERN = re.compile(r"^best-(\d+)$")
 
-    def __init__(self, training: "PreferenceTraining"):
+    def __init__(self, training):  # a linepo.stages.training.recipe.PreferenceTraining
         self.training = training
         self.side = training.resume_dir
 
@@ -235,7 +231,7 @@ class _Chosen:
     folder: Path
 
 
-def _best_checkpoints_callback(training: "PreferenceTraining"):
+def _best_checkpoints_callback(training):
     """A :class:`BestCheckpoints` that is a ``TrainerCallback`` (transformers imported on use)."""
     from transformers import TrainerCallback
 
