@@ -15,13 +15,15 @@ from linepo.errors import InputError
 
 
 def register(subparsers) -> None:
+    from linepo.sources import DTYPES
+
     report = subparsers.add_parser("exploitability", help="a policy's exploitability under the synthetic oracle")
     report.add_argument("--policy", required=True, help="model folder or hub id")
     report.add_argument("--prompts", required=True, help="a prompts parquet file")
     report.add_argument("--judge-config", default='{"type": "synthetic"}', help="inline JSON or a JSON/YAML file")
     report.add_argument("--samples", type=int, default=8, help="Monte Carlo samples per prompt when not exact")
     report.add_argument("--seed", type=int, default=0)
-    report.add_argument("--dtype", default="auto")
+    report.add_argument("--dtype", choices=DTYPES, default="auto")
     report.add_argument("--trust-remote-code", action="store_true")
     report.add_argument("--out", required=True, help="JSON report to write")
     report.set_defaults(func=run_exploitability)

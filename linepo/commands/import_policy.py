@@ -15,11 +15,13 @@ import sys
 
 
 def register(subparsers) -> None:
+    from linepo.sources import DTYPES
+
     parser = subparsers.add_parser("import-policy", help="copy an SFT policy (folder or hub id) into a local folder")
     parser.add_argument("--source", required=True, help="model folder or hub id")
     parser.add_argument("--tokenizer", default=None,
                         help="folder or hub id of the tokenizer (and chat template) when the model's own has none")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="dtype to store the weights in (default: the checkpoint's own)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
     parser.add_argument("--out", required=True, help="policy folder to write")

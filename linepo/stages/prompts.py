@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.sources import looks_local
 
 #: local file suffix -> datasets packaged builder
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -39,14 +40,9 @@ def sha256_id(text: str) -> str:
 
 
 def _looks_local(source: str) -> bool:
-    # A hub id is "name" or "owner/name"; anything with a data-file suffix or a path
-    # prefix is meant as a file, so a typo gives "file not found", not a hub lookup.
-    return (
-        Path(source).exists()
-        or Path(source).suffix.lower() in FILE_BUILDERS
-        or source.startswith((".", "/", "~"))
-        or source.count("/") > 1
-    )
+    # linepo.sources' rule, plus: a name with a data-file suffix is meant as a file, so a typo
+    # gives "file not found", not a hub lookup.
+    return Path(source).exists() or Path(source).suffix.lower() in FILE_BUILDERS or looks_local(source)
 
 
 def _one_line(err: BaseException) -> str:

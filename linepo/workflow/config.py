@@ -22,14 +22,15 @@ import yaml
 
 from linepo.algorithms import ALGORITHMS
 from linepo.errors import InputError
-from linepo.sources import looks_local
+from linepo.sources import DTYPES, looks_local
 
 #: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
 EXECUTION_KEYS = {"sampling": ("data_parallel",), "judge": ("data_parallel",), "training": ("accelerate_config",)}
 
 
 def _schema() -> dict:
-    """The config schema, with the run algorithms' enum read off the algorithm registry."""
+    """The config schema, its enums filled in from where they are defined: the algorithm
+    registry, the tabular games, the loadable dtypes."""
     schema = yaml.safe_load(resources.files("linepo").joinpath("schema/config.schema.yaml").read_text())
     from linepo.games.runs import ALGORITHMS as GAME_ALGORITHMS
 
@@ -37,6 +38,7 @@ def _schema() -> dict:
     run["properties"]["algorithm"]["enum"] = list(ALGORITHMS)
     setting = schema["properties"]["synthetic"]["properties"]["settings"]["additionalProperties"]
     setting["properties"]["algorithms"]["items"]["enum"] = list(GAME_ALGORITHMS)
+    schema["properties"]["policy"]["properties"]["dtype"]["enum"] = list(DTYPES)
     return schema
 
 
