@@ -115,6 +115,19 @@ def from_mapping(cls, values: dict, *, source: str, base=None, key_format: str =
     return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
 
 
+def json_mapping(text: str, option: str = "--config-json") -> dict:
+    """A JSON object given on the command line (``--config-json``); raises InputError naming ``option``."""
+    import json
+
+    try:
+        values = json.loads(text)
+    except ValueError as err:
+        raise InputError(f"{option}: not valid JSON ({err})") from err
+    if not isinstance(values, dict):
+        raise InputError(f"{option}: must be a JSON object of settings")
+    return values
+
+
 def check(instance) -> None:
     """Check every field of a settings instance (as flags name them); raises InputError."""
     for field in fields(type(instance)):

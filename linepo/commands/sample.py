@@ -46,17 +46,12 @@ def register(subparsers) -> None:
 
 def settings_from_args(args):
     """SamplerSettings: defaults, then --config-json, then the flags given; checked."""
-    from linepo.errors import InputError
-    from linepo.settings import from_mapping, given
+    from linepo.settings import from_mapping, given, json_mapping
     from linepo.stages.sampling import SamplerSettings
 
     settings = SamplerSettings()
     if args.config_json:
-        try:
-            values = json.loads(args.config_json)
-        except ValueError as err:
-            raise InputError(f"--config-json: not valid JSON ({err})") from err
-        settings = from_mapping(SamplerSettings, values, source="--config-json")
+        settings = from_mapping(SamplerSettings, json_mapping(args.config_json), source="--config-json")
     return from_mapping(SamplerSettings, given(args, SamplerSettings), source="flags", base=settings,
                         key_format="{flag}").validate()
 

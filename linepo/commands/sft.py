@@ -41,16 +41,14 @@ def run(args) -> int:
     import dataclasses
 
     from linepo.errors import InputError
+    from linepo.settings import json_mapping
     from linepo.stages.sft import SFTSettings, train_sft
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     values = {}
     if args.config_json:
-        try:
-            values = json.loads(args.config_json)
-        except ValueError as err:
-            raise InputError(f"--config-json: not valid JSON ({err})") from err
+        values = json_mapping(args.config_json)
         known = {f.name for f in dataclasses.fields(SFTSettings)}
         unknown = sorted(set(values) - known)
         if unknown:

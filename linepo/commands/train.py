@@ -68,19 +68,12 @@ def settings_from_args(args):
     Raises:
         InputError: --config-json is not a JSON object or names an unknown setting; a bad value.
     """
-    from linepo.errors import InputError
-    from linepo.settings import given
+    from linepo.settings import given, json_mapping
     from linepo.stages.training.settings import TrainSettings
 
     settings = TrainSettings()
     if args.config_json:
-        try:
-            values = json.loads(args.config_json)
-        except ValueError as err:
-            raise InputError(f"--config-json: not valid JSON ({err})") from err
-        if not isinstance(values, dict):
-            raise InputError("--config-json: must be a JSON object of training settings")
-        settings = settings.updated(values, "--config-json")
+        settings = settings.updated(json_mapping(args.config_json), "--config-json")
     flags = given(args, TrainSettings)
     if args.trust_remote_code:
         flags["trust_remote_code"] = True
