@@ -35,7 +35,10 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("prompt_id", pa.string(), False, "id of the prompt answered"),
         ("prompt", pa.string(), False, "the prompt text, repeated so a file is self-contained"),
         ("sample_index", pa.int32(), False, "0..n-1: which of the n samples of this prompt"),
-        ("response", pa.string(), False, "generated response text, special tokens removed"),
+        ("response", pa.string(), False, "generated response text, special tokens removed (for judges and people)"),
+        ("response_token_ids", pa.list_(pa.int32()), True,
+         "the sampled token ids, stop token excluded: what scoring and training use (null in hand-made files: "
+         "the text is tokenized)"),
         ("num_tokens", pa.int32(), False, "number of generated tokens (EOS included when emitted)"),
         ("finish_reason", pa.string(), False, "'stop' (a stop token emitted) or 'length' (max_new_tokens reached)"),
         ("stop_token_id", pa.int32(), True,
@@ -50,6 +53,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("prob_a_wins", pa.float64(), True, "judge's P(a ≻ b) in [0, 1]; null when the comparison failed"),
         ("outcome", pa.int8(), True, "sampled oracle outcome: 1 if a won, 0 if b won; null when failed"),
         ("failed", pa.bool_(), False, "true when the judge could not give a probability (counted, never a coin flip)"),
+        ("failure", pa.string(), True, "why it failed, e.g. 'p(a)+p(b) = 1.6e-05 < judge.min_answer_mass 0.001'"),
     ],
     "preferences": [
         ("prompt_id", pa.string(), False, "id of the prompt"),
@@ -62,6 +66,8 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("rejected_finished", pa.bool_(), False, "the rejected sample ended with a stop token (scored without one if not)"),
         ("chosen_stop_token_id", pa.int32(), True, "the stop token the chosen sample emitted (null: cut)"),
         ("rejected_stop_token_id", pa.int32(), True, "the stop token the rejected sample emitted (null: cut)"),
+        ("chosen_token_ids", pa.list_(pa.int32()), True, "the chosen sample's token ids as sampled (null: tokenize the text)"),
+        ("rejected_token_ids", pa.list_(pa.int32()), True, "the rejected sample's token ids as sampled (null: tokenize the text)"),
         ("chosen_win_rate", pa.float64(), False, "mean P(chosen ≻ other samples of the prompt): SPPO's P̂(y+ ≻ μ)"),
         ("rejected_win_rate", pa.float64(), False, "mean P(rejected ≻ other samples of the prompt): SPPO's P̂(y- ≻ μ)"),
         ("label_probability", pa.float64(), False,
@@ -78,6 +84,8 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("rejected_finished", pa.bool_(), False, "y- ended with a stop token; a cut sample's log-probs have no stop term"),
         ("chosen_stop_token_id", pa.int32(), True, "the stop token y+ emitted, scored after it (null: cut)"),
         ("rejected_stop_token_id", pa.int32(), True, "the stop token y- emitted, scored after it (null: cut)"),
+        ("chosen_token_ids", pa.list_(pa.int32()), True, "y+'s sampled token ids: exactly what was scored (null: its text tokenized)"),
+        ("rejected_token_ids", pa.list_(pa.int32()), True, "y-'s sampled token ids: exactly what was scored (null: its text tokenized)"),
         ("chosen_win_rate", pa.float64(), False, "P̂(y+ ≻ μ) from the tournament (SPPO)"),
         ("rejected_win_rate", pa.float64(), False, "P̂(y- ≻ μ) from the tournament (SPPO)"),
         ("label_probability", pa.float64(), False, "P(chosen ≻ rejected) the loss is fitted to (1.0: hard label)"),
@@ -94,6 +102,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("prob_b_first", pa.float64(), True, "judge's P(b ≻ a) with b shown first; null when failed"),
         ("prob_a_wins", pa.float64(), True, "½ (prob_a_first + 1 − prob_b_first): position bias cancelled; null when failed"),
         ("failed", pa.bool_(), False, "true when either order failed (left out of win rates, counted)"),
+        ("failure", pa.string(), True, "why it failed (null when it did not)"),
     ],
     "trajectory": [
         ("iteration", pa.int32(), False, "0 is the start policy; each iteration is one prox (policy) update"),
@@ -143,8 +152,10 @@ def to_table(rows, kind: str, metadata: dict | None = None) -> pa.Table:
         return rows.select(target.names).cast(target)
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
         rows = {name: rows[name].tolist() for name in target.names}
-    if isinstance(rows, dict):
-        return pa.Table.from_pydict({name: rows[name] for name in target.names}, schema=target)
+    if isinstance(rows, dict):  # a nullable column left out is all null, as from_pylist makes it
+        length = len(next(iter(rows.values()), []))
+        columns = {f.name: rows[f.name] if f.name in rows or not f.nullable else [None] * length for f in target}
+        return pa.Table.from_pydict(columns, schema=target)
     return pa.Table.from_pylist(list(rows), schema=target)
 
 
@@ -159,9 +170,12 @@ def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None 
 def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     """Read a parquet artefact and check it has the columns and types of ``kind``.
 
+    A nullable column the file lacks (an optional one, e.g. ``response_token_ids`` of a
+    hand-made samples file) reads as all null.
+
     Raises:
-        InputError: the file is missing, not parquet (corrupted), or a column is
-            missing or has the wrong type; the message names the file and the column.
+        InputError: the file is missing, not parquet (corrupted), or a required column is
+            missing or a column has the wrong type; the message names the file and the column.
     """
     path = Path(path)
     if not path.exists():
@@ -173,6 +187,9 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     expected = schema(kind)
     for field in expected:
         if field.name not in table.column_names:
+            if field.nullable:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+                continue
             raise InputError(f"{path}: missing column {field.name!r} of a {kind} file")
         actual = table.schema.field(field.name).type
         if actual != field.type:
@@ -195,21 +212,27 @@ OTHER_ARTEFACTS = [
      "two generations judged in both orders; id: the unordered generation pair × eval judge"),
     ("results/eval/alpaca_eval/<checkpoint>/model_outputs.json", "JSON list",
      "AlpacaEval model outputs: `instruction`, `output` (sample 0), `generator` (the checkpoint's label), `dataset`"),
-    ("results/summary/win_rates.csv", "CSV", "row-vs-column win rate (%) in Table 2 order, plus Avg (row mean, diagonal included)"),
+    ("results/summary/win_rates.csv", "CSV",
+     "row-vs-column win rate (%) in Table 2 order, plus Avg (row mean, diagonal included); a cell whose "
+     "failed comparisons exceed the judge's max_failed_fraction is empty (missing, never 50%), and so is its Avg"),
     ("results/summary/win_rates_se.csv", "CSV", "bootstrap standard errors (%) of win_rates.csv, over prompts"),
     ("results/summary/win_rates_hard.csv", "CSV",
      "hard row-vs-column win rate (%): each comparison scored 1, 0 or ½ as P(row ≻ column) is above, below or "
      "exactly ½, averaged per prompt then over prompts; plus Avg"),
     ("results/summary/win_rates_hard_se.csv", "CSV", "bootstrap standard errors (%) of win_rates_hard.csv, over prompts"),
     ("results/summary/win_rates_pairs.tsv", "TSV",
-     "one line per ordered pair: win rate and SE, hard win rate and SE, prompts, failed comparisons, comparison id"),
-    ("results/summary/win_rates.png", "PNG", "heatmap of the matrix with SEs and the Avg column"),
+     "one line per ordered pair: win rate and SE, hard win rate and SE, prompts, judged and failed comparisons, "
+     "missing (above the failure limit), comparison id, the judge's failure summary"),
+    ("results/summary/win_rates_counts.csv", "CSV", "judged/failed comparisons per cell (e.g. 800/3), diagonal '-'"),
+    ("results/summary/win_rates.png", "PNG", "heatmap of the matrix with SEs, failure counts, missing cells grey, "
+     "and the Avg column"),
     ("results/policies/r<r>/s<s>/<id>/model/linepo_selection.json", "JSON",
      "with validation: the validation loss at each evaluated step, the step kept and the last step"),
     ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens"),
     ("results/summary/curves.png", "PNG", "Figure 3: those curves, red lines at round ends"),
     ("results/summary/evaluation.tsv", "TSV",
-     "per checkpoint: Avg and worst win rate (robust alignment), the same for the hard win rate, mean tokens, "
+     "per checkpoint: Avg and worst win rate (robust alignment; nan when a cell of its row is missing), "
+     "missing_cells, the same for the hard win rate, comparisons judged and failed in its row, mean tokens, "
      "exploitability and category mix (synthetic oracle)"),
 ]
 

@@ -115,6 +115,19 @@ def from_mapping(cls, values: dict, *, source: str, base=None, key_format: str =
     return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a share, a failure limit)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def json_mapping(text: str, option: str = "--config-json") -> dict:
     """A JSON object given on the command line (``--config-json``); raises InputError naming ``option``."""
     import json
@@ -167,3 +180,45 @@ def defaults(cls) -> dict:
 
 def docs(cls) -> dict[str, str]:
     return {f.name: f.metadata["doc"] for f in fields(cls)}
+
+
+def value_range(low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> str:
+    """A range as help shows it: ``≥ 1``, ``> 0``, ``≤ 1`` or ``in [0, 1)``; "" when unbounded."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '≥'} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '≤'} {high}"
+    return ""
+
+
+def shown_default(value, limit: int = 40) -> str:
+    """A default as a config would spell it (JSON), a long one cut short with its length."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 8]}…{text[0] if isinstance(value, str) else ''} ({len(value)} " \
+           f"{'characters' if isinstance(value, str) else 'items'})"
+
+
+def describe(cls) -> list[tuple[str, str, str]]:
+    """``(name, kind, doc)`` of every field, as help lists config keys.
+
+    ``kind`` is the field's type, its range or choices and its default, e.g.
+    ``int ≥ 1; default 8`` or ``str: first_word | length; default "first_word"``.
+    """
+    out = []
+    for field in fields(cls):
+        meta = field.metadata
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        limits = value_range(meta["low"], meta["high"], low_open=meta["low_open"], high_open=meta["high_open"])
+        if limits:
+            kind += f" {limits}"
+        if meta["choices"] is not None:
+            kind += ": " + " | ".join(map(str, meta["choices"]))
+        out.append((field.name, f"{kind}; default {shown_default(default)}", meta["doc"]))
+    return out

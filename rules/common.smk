@@ -7,15 +7,25 @@ from linepo.errors import InputError
 from linepo.workflow.cluster import STAGES, stage_resources
 from linepo.workflow.config import validate_config
 from linepo.workflow.plan import Plan
+from linepo.workflow.preflight import check_environment, outputs_to_run, record_outputs, warn_on_config_switch
 from linepo.workflow.wiring import ID, NAME, Wiring, checked, cli_flags, node_seed
 
 try:
     config = validate_config(config)
     WIRING = Wiring(config)
+    if workflow.is_main_process and getattr(workflow, "check_envvars", True):  # not in jobs' own snakemake, nor --lint
+        check_environment(config, WIRING.plan)  # offline: hub ids cached; backend vllm: vllm installed
+        warn_on_config_switch(WIRING)  # fixed-path outputs of another config (results/.linepo-config.json)
 except InputError as err:
     # One clear line and a non-zero exit before any job is planned.
     print(f"linepo: {err}", file=sys.stderr)
     sys.exit(1)
+
+
+onstart:
+    # Jobs are about to run (never in a dry run): record this config as the writer of its fixed-path outputs.
+    record_outputs(WIRING, outputs_to_run(workflow.dag))
+
 
 PLAN = WIRING.plan
 EVAL = WIRING.eval

@@ -31,9 +31,11 @@ rule exploitability_table:
         "results/summary/exploitability.tsv",
     params:
         reports=" ".join(f"--report {name}={PLAN.exploitability_path(policy)}" for name, policy in WIRING.evaluated.items()),
+    log:
+        "logs/eval/exploitability_table.log",
     localrule: True
     shell:
-        "linepo exploitability-table {params.reports} --out {output}"
+        "linepo exploitability-table {params.reports} --out {output} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- win rates (Table 2, Figure 3)
@@ -97,10 +99,12 @@ rule alpaca_eval_export:
         "results/eval/alpaca_eval/{checkpoint}/model_outputs.json",
     params:
         generator=lambda wc: EVAL.checkpoint(wc.checkpoint).label,
+    log:
+        "logs/eval/alpaca_eval/{checkpoint}.log",
     localrule: True
     shell:
         "linepo alpaca-export --generations {input.generation} --prompts {input.prompts} "
-        "--generator {params.generator:q} --out {output}"
+        "--generator {params.generator:q} --out {output} > {log} 2>&1"
 
 
 rule win_rate_matrix:
@@ -111,19 +115,22 @@ rule win_rate_matrix:
         se="results/summary/win_rates_se.csv",
         hard="results/summary/win_rates_hard.csv",
         hard_se="results/summary/win_rates_hard_se.csv",
+        counts="results/summary/win_rates_counts.csv",
         pairs="results/summary/win_rates_pairs.tsv",
         figure=report("results/summary/win_rates.png", caption="../report/win_rates.rst", category="Evaluation"),
     params:
         spec=EVAL.matrix_spec(),
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
+        max_failed=WIRING.eval_failure_limit,
     log:
         "logs/eval/win_rates.log",
     localrule: True
     shell:
         "linepo win-rates --spec {params.spec:q} --bootstrap {params.bootstrap} --seed {params.seed} "
+        "--max-failed-fraction {params.max_failed} "
         "--csv {output.csv} --se-csv {output.se} --hard-csv {output.hard} --hard-se-csv {output.hard_se} "
-        "--pairs {output.pairs} --figure {output.figure} > {log} 2>&1"
+        "--counts-csv {output.counts} --pairs {output.pairs} --figure {output.figure} > {log} 2>&1"
 
 
 rule eval_curves:
@@ -137,11 +144,13 @@ rule eval_curves:
         spec=EVAL.curves_spec(),
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
+        max_failed=WIRING.eval_failure_limit,
     log:
         "logs/eval/curves.log",
     localrule: True
     shell:
         "linepo eval-curves --spec {params.spec:q} --bootstrap {params.bootstrap} --seed {params.seed} "
+        "--max-failed-fraction {params.max_failed} "
         "--tsv {output.tsv} --figure {output.figure} > {log} 2>&1"
 
 
@@ -149,6 +158,7 @@ rule eval_summary:
     input:
         matrix="results/summary/win_rates.csv",
         hard="results/summary/win_rates_hard.csv",
+        counts="results/summary/win_rates_counts.csv",
         generations=EVAL.summary_generation_paths(),
         exploitability=sorted(set(EVAL.exploitability_reports(PLAN, WIRING.synthetic_judge).values())),
     output:
@@ -160,4 +170,4 @@ rule eval_summary:
     localrule: True
     shell:
         "linepo eval-summary --spec {params.spec:q} --matrix {input.matrix} --hard-matrix {input.hard} "
-        "--out {output} 2> {log}"
+        "--counts {input.counts} --out {output} 2> {log}"

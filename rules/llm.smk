@@ -43,6 +43,7 @@ elif POLICY["sft"] == "build":
                                  if k not in ("base", "data", "split", "messages_column")}, sort_keys=True),
             split=f"--split {POLICY['build']['split']}" if POLICY["build"]["split"] else "",
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
+            remote_code=REMOTE_CODE,
         log:
             "logs/sft/{sft}.log",
         benchmark:
@@ -52,7 +53,7 @@ elif POLICY["sft"] == "build":
             **RESOURCES["train"],
         shell:
             "linepo sft --base {params.build[base]:q} {params.tokenizer} --data {params.build[data]:q} {params.split} "
-            "--messages-column {params.build[messages_column]} --config-json {params.settings:q} {REMOTE_CODE} "
+            "--messages-column {params.build[messages_column]} --config-json {params.settings:q} {params.remote_code} "
             "--out {output} --resume-dir {output}.partial > {log} 2>&1"
 
 else:
@@ -66,14 +67,16 @@ else:
         params:
             source=POLICY["sft"],
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
+            dtype=POLICY["dtype"],
+            remote_code=REMOTE_CODE,
         log:
             "logs/sft/{sft}.log",
         benchmark:
             "benchmarks/sft/{sft}.tsv"
         localrule: True
         shell:
-            "linepo import-policy --source {params.source:q} {params.tokenizer} --dtype {POLICY[dtype]} "
-            "{REMOTE_CODE} --out {output} > {log} 2>&1"
+            "linepo import-policy --source {params.source:q} {params.tokenizer} --dtype {params.dtype} "
+            "{params.remote_code} --out {output} > {log} 2>&1"
 
 
 rule prompt_splits:
@@ -131,6 +134,8 @@ rule sample:
         sampling=config["sampling"],
         seed=lambda wc: node_seed(wc.sample),
         shards=WIRING.sample_shards,
+        dtype=POLICY["dtype"],
+        remote_code=REMOTE_CODE,
     log:
         "logs/samples/r{round}/s{split}/{sample}.log",
     benchmark:
@@ -143,7 +148,7 @@ rule sample:
         "--n {params.sampling[n]} --temperature {params.sampling[temperature]} --top-p {params.sampling[top_p]} "
         "--max-new-tokens {params.sampling[max_new_tokens]} --batch-size {params.sampling[batch_size]} "
         "--backend {params.sampling[backend]} --tensor-parallel-size {params.sampling[tensor_parallel_size]} "
-        "--dtype {POLICY[dtype]} {REMOTE_CODE} --seed {params.seed} --data-parallel {params.shards} > {log} 2>&1"
+        "--dtype {params.dtype} {params.remote_code} --seed {params.seed} --data-parallel {params.shards} > {log} 2>&1"
 
 
 rule judge:
@@ -155,6 +160,7 @@ rule judge:
         judge=json.dumps(config["judge"], sort_keys=True),
         seed=lambda wc: node_seed(wc.prefs),
         shards=WIRING.judge_shards,
+        max_failed=WIRING.judge_failure_limit,
     log:
         "logs/prefs/r{round}/s{split}/{prefs}/judge.log",
     benchmark:
@@ -163,7 +169,8 @@ rule judge:
         **RESOURCES["judge"],
     shell:
         "linepo judge --samples {input.samples} --judge-config {params.judge:q} --seed {params.seed} "
-        "--out {output} --no-progress --data-parallel {params.shards} > {log} 2>&1"
+        "--out {output} --no-progress --data-parallel {params.shards} --max-failed-fraction {params.max_failed} "
+        "> {log} 2>&1"
 
 
 rule pairs:
@@ -226,6 +233,7 @@ rule train:
         validation=lambda wc: " ".join(["--validation"] + [PLAN.scored_path(s) for s in PLAN.policies[wc.policy].validation])
         if PLAN.policies[wc.policy].validation else "",
         launch=WIRING.train_launch,
+        remote_code=REMOTE_CODE,
     log:
         "logs/policies/r{round}/s{split}/{policy}.log",
     benchmark:
@@ -238,7 +246,7 @@ rule train:
         # outputs before a job starts), so a rerun after a kill resumes from them. With more
         # than one GPU, linepo train checks its inputs and re-runs itself under accelerate launch.
         "linepo train --policy {params.parent:q} --scored {input.scored} {params.validation} "
-        "--config-json {params.settings:q} {REMOTE_CODE} --out {output} --resume-dir {output}.partial "
+        "--config-json {params.settings:q} {params.remote_code} --out {output} --resume-dir {output}.partial "
         "{params.launch} > {log} 2>&1"
 
 
@@ -252,6 +260,8 @@ rule run_steps:
         PATHS["steps"],
     params:
         steps=lambda wc: WIRING.steps_json(wc.run),
+    log:
+        "logs/runs/{run}/steps.log",
     localrule: True
     shell:
-        "linepo run-steps --steps {params.steps:q} --out {output}"
+        "linepo run-steps --steps {params.steps:q} --out {output} > {log} 2>&1"

@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Plan configs/paper.yaml here without its hub models cached or vllm installed; the tests of
+# those checks (tests/test_preflight.py) unset it.
+os.environ.setdefault("LINEPO_SKIP_ENV_CHECKS", "1")
 
 # One torch thread per test process: tiny models run faster so on a busy 2-core machine,
 # and float rounding (byte-identical resume) depends on the thread count. Subprocesses

@@ -298,7 +298,8 @@ print("IMPORTED", sorted(m for m in ("torch", "transformers") if m in sys.module
     assert (tmp_path / "h.csv").read_text().splitlines()[0].endswith(",Avg")
     assert (tmp_path / "hse.csv").read_text().splitlines()[0] == "row/column,SFT,A,B"
     header = (tmp_path / "p.tsv").read_text().splitlines()[0].split("\t")
-    assert header == ["row", "column", "win_rate", "se", "hard_win_rate", "hard_se", "prompts", "failed", "comparison"]
+    assert header == ["row", "column", "win_rate", "se", "hard_win_rate", "hard_se", "prompts", "judged", "failed",
+                      "missing", "comparison", "failure_summary"]
     lines = [line.split("\t") for line in (tmp_path / "evaluation.tsv").read_text().splitlines()]
     table = [dict(zip(lines[0], line)) for line in lines[1:]]
     a = next(r for r in table if r["label"] == "A")

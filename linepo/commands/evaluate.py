@@ -11,13 +11,19 @@ import json
 import sys
 from pathlib import Path
 
+from linepo.commands.judge import judge_config_keys
 from linepo.errors import InputError
 
 
 def register(subparsers) -> None:
     from linepo.sources import DTYPES
 
-    report = subparsers.add_parser("exploitability", help="a policy's exploitability under the synthetic oracle")
+    report = subparsers.add_parser(
+        "exploitability", help="a policy's exploitability under the synthetic oracle",
+        description="linepo exploitability: how far a best response beats the policy under the synthetic "
+        "oracle, max_j P(y_j ≻ π) − ½ per prompt averaged over prompts; exact when each of the oracle's first "
+        "words is one token, else by Monte Carlo over --samples responses. Writes a JSON report.",
+        epilog=lambda: judge_config_keys(types=("synthetic",)))
     report.add_argument("--policy", required=True, help="model folder or hub id")
     report.add_argument("--prompts", required=True, help="a prompts parquet file")
     report.add_argument("--judge-config", default='{"type": "synthetic"}', help="inline JSON or a JSON/YAML file")
@@ -28,7 +34,10 @@ def register(subparsers) -> None:
     report.add_argument("--out", required=True, help="JSON report to write")
     report.set_defaults(func=run_exploitability)
 
-    steps = subparsers.add_parser("run-steps", help="write a run's schedule as a readable table")
+    steps = subparsers.add_parser(
+        "run-steps", help="write a run's schedule as a readable table",
+        description="linepo run-steps: write a run's schedule (from the workflow plan) as a TSV: one row per "
+        "step with its round, split, whether the reference moved, its policy and its reference.")
     steps.add_argument("--steps", required=True, help="JSON list of steps (from the workflow plan)")
     steps.add_argument("--out", required=True)
     steps.set_defaults(func=run_steps)

@@ -21,9 +21,59 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.settings import fraction
+
+#: what the keys the judge factory reads (linepo.stages.judges.base.FACTORY_KEYS) mean: (kind, doc);
+#: their types and defaults live in code, not in a settings dataclass
+_FACTORY_KEY_DOCS = {
+    "type": "the judge; the other keys depend on it",
+    "seed": "seed of the oracle's sampled 0/1 outcomes; linepo judge --seed wins over it",
+    "max_failed_fraction": "a judging step whose share of failed comparisons is above this fails, "
+                           "naming why, instead of going on with what is left",
+}
+
+
+def _factory_keys(types) -> list[tuple[str, str, str]]:
+    """``(name, kind, doc)`` of the keys every judge config may have (``type``: one of ``types``)."""
+    from linepo.settings import shown_default, value_range
+    from linepo.stages.judges import JUDGE_TYPES
+    from linepo.stages.judges.base import DEFAULT_MAX_FAILED_FRACTION, FACTORY_KEYS
+
+    kinds = {"type": "str: " + " | ".join(types or JUDGE_TYPES) + "; required",
+             "seed": "int; default 0",
+             "max_failed_fraction": f"float {value_range(0, 1)}; default {shown_default(DEFAULT_MAX_FAILED_FRACTION)}"}
+    return [(key, kinds.get(key, "see linepo.stages.judges"), _FACTORY_KEY_DOCS.get(key, "read by the judge factory"))
+            for key in FACTORY_KEYS]
+
+
+def judge_config_keys(types=None, width: int = 79) -> str:
+    """The keys a ``--judge-config`` may have, by judge type, with their types, defaults and docs.
+
+    Built from the judges' settings dataclasses (:func:`linepo.stages.judges.judge_settings`)
+    and the factory's keys, so a new setting is listed without editing this. ``types``: the
+    judge types to list (default all). The epilog of every command that takes --judge-config.
+    """
+    from linepo.settings import describe
+    from linepo.stages.judges import JUDGE_TYPES, judge_settings
+
+    def block(title: str, keys) -> list[str]:
+        lines = [title]
+        for name, kind, doc in keys:
+            lines += textwrap.wrap(f"{name} ({kind}): {doc}", width, initial_indent="  ",
+                                   subsequent_indent="      ", break_on_hyphens=False)
+        return lines
+
+    lines = textwrap.wrap("judge config keys (--judge-config: inline JSON or a .json/.yaml file; an unknown key "
+                          "is an error):", width) + [""]
+    lines += block("every judge type:", _factory_keys(types))
+    for judge_type in types or JUDGE_TYPES:
+        cls = judge_settings(judge_type)
+        lines += ["", *block(f"type {judge_type} ({cls.__name__}):", describe(cls))]
+    return "\n".join(lines) + "\n"
 
 
 def register(subparsers) -> None:
@@ -42,6 +92,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--data-parallel", type=int, default=1,
                         help="worker processes, one per GPU, on blocks of whole prompts; default 1")
+    parser.add_argument("--max-failed-fraction", type=fraction, default=None,
+                        help="fail when a larger share of comparisons failed (default: the config's "
+                             "max_failed_fraction, else 0.05)")
     parser.set_defaults(func=run)
 
 
@@ -64,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if code is not None:
             return code
     stats = judge_samples(args.samples, config, args.out, seed=args.seed, source=source,
-                          progress=False if args.no_progress else None)
+                          progress=False if args.no_progress else None, max_failed_fraction=args.max_failed_fraction)
     print(f"linepo judge: wrote {args.out}: {stats['comparisons']} comparisons of {stats['prompts']} prompts, "
           f"{stats['failed']} failed, {stats['comparisons_per_s']} comparisons/s", file=sys.stderr)
     print(json.dumps(stats, sort_keys=True))
@@ -100,6 +153,8 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
     def worker_args(inputs, output):
         extra = ["--judge-config", json.dumps(config)] if config is not None else []
         extra += ["--seed", str(args.seed)] if args.seed is not None else []
+        if args.max_failed_fraction is not None:
+            extra += ["--max-failed-fraction", repr(args.max_failed_fraction)]
         return ["--samples", str(inputs), "--out", str(output), "--no-progress", *extra]
 
     merged = run_sharded_command("judge", args.out, bounds, 1, "--data-parallel", write_input=write_input,

@@ -1,7 +1,7 @@
 """``linepo sft``: fine-tune a base model on chats (assistant turns only) into an SFT policy.
 
     linepo sft --base Qwen/Qwen2-1.5B --data HuggingFaceH4/ultrachat_200k --split train_sft \\
-        --out sft/model --resume-dir sft/model.partial [--tokenizer DIR] [--epochs 1] [--batch-size 32] \\
+        --out sft/model [--resume-dir sft/model.partial] [--tokenizer DIR] [--epochs 1] [--batch-size 32] \\
         [--learning-rate 2e-5] [--warmup-ratio 0.03] [--max-length 2048] [--max-examples N]
 
 The workflow runs it for ``policy.sft: build`` (rule ``sft_build``, settings under
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="dataset split, e.g. train_sft")
     p.add_argument("--messages-column", default="messages", help="column with the list of {role, content}")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--resume-dir", required=True, type=Path, help="side folder for resume checkpoints")
+    p.add_argument("--resume-dir", type=Path, default=None,
+                   help="side folder for resume checkpoints, outside --out (default: OUT.partial, beside --out)")
     p.add_argument("--config-json", default=None, help="JSON object of SFT settings (SFTSettings fields)")
     for field in ("epochs", "batch_size", "learning_rate", "warmup_ratio", "max_length", "max_examples", "seed"):
         kind = float if field in ("epochs", "learning_rate", "warmup_ratio") else int
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import dataclasses
 
+    from linepo.commands.train import default_resume_dir
     from linepo.errors import InputError
     from linepo.settings import json_mapping
     from linepo.stages.sft import SFTSettings, train_sft
@@ -56,7 +58,8 @@ def run(args) -> int:
     for field in ("epochs", "batch_size", "learning_rate", "warmup_ratio", "max_length", "max_examples", "seed"):
         if getattr(args, field) is not None:
             values[field] = getattr(args, field)
-    stats = train_sft(args.base, args.data, args.out, resume_dir=args.resume_dir, settings=SFTSettings(**values),
+    resume_dir = args.resume_dir if args.resume_dir is not None else default_resume_dir(args.out)
+    stats = train_sft(args.base, args.data, args.out, resume_dir=resume_dir, settings=SFTSettings(**values),
                       tokenizer=args.tokenizer, split=args.split, messages_column=args.messages_column,
                       trust_remote_code=args.trust_remote_code)
     print(json.dumps(stats, sort_keys=True))

@@ -1,7 +1,7 @@
 """``linepo train``: one prox step: fit a policy to scored preference pairs (DPO, IPO, INPO or SPPO loss).
 
     linepo train --policy results/x/policy --scored results/x/scored.parquet [more.parquet ...] \\
-        --out results/y/policy --resume-dir results/y/policy.partial \\
+        --out results/y/policy [--resume-dir results/y/policy.partial] \\
         --loss inpo --eta 500 --eta-tau 0.333 --epochs 3 --batch-size 32 --learning-rate 5e-7 \\
         [--gradient-accumulation-steps 1] [--config-json '{"warmup_ratio": 0.1, "deepspeed": "ds.json"}'] \\
         [--num-processes 4 [--accelerate-config configs/accelerate/fsdp.yaml]]
@@ -20,8 +20,9 @@ processes it is given. Only rank 0 writes the policy (atomically) and removes th
 --eta is the paper's step size η (KL weight 1/η; DPO's β = 1/η); --eta-tau is ητ ∈ (0, 1]
 (INPO only). --config-json takes any field of ``linepo.stages.training.TrainSettings`` (or the
 workflow config's training keys, e.g. ``batch_size``); flags given on the command line win
-over it. Resume checkpoints go to --resume-dir, which must lie outside --out; a rerun
-after a kill resumes from its newest checkpoint, and the folder is removed after success.
+over it. Resume checkpoints go to --resume-dir (default OUT.partial, beside --out), which
+must lie outside --out; a rerun after a kill resumes from its newest checkpoint, and the
+folder is removed after success.
 Bad input exits 2 with one line and writes nothing; a non-finite loss exits 1 with one
 line and writes no policy. Stats (tokens/s, steps) go to stdout as JSON.
 """
@@ -46,8 +47,9 @@ def register(subparsers) -> None:
     parser.add_argument("--validation", nargs="+", type=Path, default=[],
                         help="scored held-out pairs: validation loss every --eval-steps and at each epoch's end; "
                              "the lowest-loss checkpoint is kept (unless --no-select-best)")
-    parser.add_argument("--resume-dir", required=True, type=Path,
-                        help="side folder for resume checkpoints, outside --out (e.g. OUT.partial)")
+    parser.add_argument("--resume-dir", type=Path, default=None,
+                        help="side folder for resume checkpoints, outside --out; removed after success "
+                             "(default: OUT.partial, beside --out)")
     parser.add_argument("--config-json", default=None,
                         help="JSON object of training settings (TrainSettings fields); flags win over it")
     add_arguments(parser.add_argument_group("training settings (linepo.stages.training.TrainSettings)"),
@@ -88,6 +90,8 @@ def run(args) -> int:
         logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s",
                             stream=sys.stderr)
     settings = settings_from_args(args)
+    if args.resume_dir is None:
+        args.resume_dir = default_resume_dir(args.out)
     if args.num_processes is not None and args.num_processes < 1:
         raise InputError(f"--num-processes: must be at least 1, got {args.num_processes}")
     if args.accelerate_config is not None and not args.accelerate_config.is_file():
@@ -109,6 +113,14 @@ def run(args) -> int:
               f"{stats['resumed_from_step']}), {stats['tokens_per_s']} tokens/s", file=sys.stderr)
         print(json.dumps(stats, sort_keys=True))
     return 0
+
+
+def default_resume_dir(out: Path) -> Path:
+    """``<out>.partial``, beside ``out`` (what the workflow passes): where resume checkpoints go."""
+    out = Path(out)
+    if out.name in ("", ".."):  # "." or "..": name the folder itself
+        out = out.resolve()
+    return out.with_name(out.name + ".partial")
 
 
 def check_inputs(args, settings) -> None:

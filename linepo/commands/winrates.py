@@ -19,10 +19,14 @@ import sys
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.settings import fraction
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="judge two generations on every prompt, both orders")
+    p = subparsers.add_parser("compare", help="judge two generations on every prompt, both orders",
+                              description="linepo compare: judge generation a against generation b on every "
+                              "(prompt, sample) both answered, in both orders, and write the comparisons "
+                              "parquet that win-rates and eval-curves read. Both must answer the same prompts.")
     p.add_argument("--a", required=True, type=Path, help="generation (samples parquet) of checkpoint a")
     p.add_argument("--b", required=True, type=Path, help="generation (samples parquet) of checkpoint b")
     p.add_argument("--judge-config", default='{"type": "synthetic"}', help="inline JSON or a JSON/YAML file")
@@ -30,32 +34,40 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_compare)
 
     p = subparsers.add_parser("win-rates", help="the row-vs-column win-rate matrix with bootstrap SEs")
-    p.add_argument("--spec", required=True, help='JSON: {"checkpoints": [{name, label, generation}], '
-                                                  '"comparisons": {id: {a, b, path}}}')
+    p.add_argument("--spec", required=True, help='JSON or a JSON file: {"checkpoints": [{name, label, '
+                                                  'generation}], "comparisons": {id: {a, b, path}}}')
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--se-csv", required=True, type=Path)
     p.add_argument("--hard-csv", type=Path, help="the hard win-rate matrix (rows scored 1/0/½), with Avg")
     p.add_argument("--hard-se-csv", type=Path, help="its bootstrap standard errors")
+    p.add_argument("--counts-csv", type=Path, help="judged/failed comparisons per cell")
+    p.add_argument("--max-failed-fraction", type=fraction, default=None,
+                   help="a cell with a larger share of failed comparisons is missing (default: the limit each "
+                        "comparisons file's judge recorded)")
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--figure", required=True, type=Path)
     p.set_defaults(func=run_win_rates)
 
     p = subparsers.add_parser("eval-curves", help="Figure 3: win rate vs SFT and output length per iteration")
-    p.add_argument("--spec", required=True, help='JSON: {"runs": {...}, "generations": {id: path}, '
-                                                  '"comparisons": {id: path}}')
+    p.add_argument("--spec", required=True, help='JSON or a JSON file: {"runs": {...}, "generations": '
+                                                  '{id: path}, "comparisons": {id: path}}')
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-failed-fraction", type=fraction, default=None,
+                   help="a point with a larger share of failed comparisons is missing (default: as recorded)")
     p.add_argument("--tsv", required=True, type=Path)
     p.add_argument("--figure", required=True, type=Path)
     p.set_defaults(func=run_curves)
 
     p = subparsers.add_parser("eval-summary", help="per checkpoint: Avg and worst win rate, length, exploitability")
-    p.add_argument("--spec", required=True, help='JSON: {"checkpoints": [{name, label, policy, generation}], '
-                                                  '"generations": {id: path}, "exploitability": {name: path}}')
+    p.add_argument("--spec", required=True, help='JSON or a JSON file: {"checkpoints": [{name, label, '
+                                                  'policy, generation}], "generations": {id: path}, '
+                                                  '"exploitability": {name: path}}')
     p.add_argument("--matrix", required=True, type=Path, help="the win-rates CSV")
     p.add_argument("--hard-matrix", type=Path, help="the hard win-rates CSV: adds avg/worst_hard_win_rate")
+    p.add_argument("--counts", type=Path, help="the judged/failed counts CSV: adds judged and failed")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_summary)
 
@@ -68,12 +80,19 @@ def register(subparsers) -> None:
 
 
 def _spec(text: str) -> dict:
+    """``--spec``: inline JSON (what the workflow passes) or the path of a JSON file."""
+    source = "--spec"
+    if not text.lstrip().startswith("{"):
+        try:
+            text, source = Path(text).read_text(), f"--spec {text}"
+        except OSError as err:
+            raise InputError(f"--spec {text}: neither inline JSON nor a readable file ({err.strerror})") from None
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"--spec: not valid JSON ({err})") from None
+        raise InputError(f"{source}: not valid JSON ({err})") from None
     if not isinstance(spec, dict):
-        raise InputError("--spec: must be a JSON object")
+        raise InputError(f"{source}: must be a JSON object")
     return spec
 
 
@@ -92,14 +111,17 @@ def run_compare(args) -> int:
 def run_win_rates(args) -> int:
     from linepo.evaluation import winrates as ev
     from linepo.evaluation.figures import heatmap
-    from linepo.schemas import read_table
 
     spec = _spec(args.spec)
-    comparisons = {cid: {"a": c["a"], "b": c["b"], "table": read_table(c["path"], "comparisons")}
+    comparisons = {cid: {"a": c["a"], "b": c["b"], **_comparison(c["path"], args.max_failed_fraction)}
                    for cid, c in spec["comparisons"].items()}
     labels, m, se, pairs = ev.win_rate_matrix(spec["checkpoints"], comparisons, resamples=args.bootstrap,
                                               seed=args.seed)
-    heatmap(labels, m, se, args.figure)
+    heatmap(labels, m, se, args.figure, failed=ev.pair_matrix(labels, pairs, "failed"),
+            judged=ev.pair_matrix(labels, pairs, "judged"))
+    counts = ev.counts_csv(labels, pairs)
+    if args.counts_csv:
+        ev.write_text(args.counts_csv, counts)
     ev.write_text(args.se_csv, ev.matrix_csv(labels, se, avg=False))
     if args.hard_se_csv:
         ev.write_text(args.hard_se_csv, ev.matrix_csv(labels, ev.pair_matrix(labels, pairs, "hard_se"), avg=False))
@@ -108,25 +130,43 @@ def run_win_rates(args) -> int:
     ev.write_text(args.pairs, ev.tsv(pairs))
     text = ev.matrix_csv(labels, m)
     ev.write_text(args.csv, text)  # last: the file the next rules wait for
-    print(text, end="")
+    print(text + "\n" + counts, end="")
+    for pair in pairs:
+        if pair["missing"] and pair["judged"]:
+            print(f"warning: {pair['row']} vs {pair['column']} is missing: {pair['failed']} of {pair['judged']} "
+                  f"comparisons failed ({pair.get('failure_summary') or 'see the comparisons file'})",
+                  file=sys.stderr)
     return 0
 
 
+def _comparison(path, limit: float | None = None) -> dict:
+    """A comparisons file as :func:`linepo.evaluation.winrates.win_rate_matrix` reads it: the
+    table, the failure limit (``limit``, else the one its judge recorded) and the judge's reason."""
+    from linepo.schemas import read_metadata, read_table
+
+    meta = read_metadata(path)
+    table = read_table(path, "comparisons")
+    return {"table": table, "max_failed_fraction": meta.get("max_failed_fraction") if limit is None else limit,
+            "failure_summary": meta.get("failure_summary")}
+
+
 def run_curves(args) -> int:
+    from linepo.evaluation import summary
     from linepo.evaluation import winrates as ev
     from linepo.evaluation.figures import curves
     from linepo.schemas import read_table
 
     spec = _spec(args.spec)
     generations = {g: read_table(path, "samples") for g, path in spec["generations"].items()}
-    comparisons = {c: read_table(path, "comparisons") for c, path in spec["comparisons"].items()}
-    rows = ev.curve_rows(spec["runs"], generations, comparisons, resamples=args.bootstrap, seed=args.seed)
+    comparisons = {c: _comparison(path, args.max_failed_fraction) for c, path in spec["comparisons"].items()}
+    rows = summary.curve_rows(spec["runs"], generations, comparisons, resamples=args.bootstrap, seed=args.seed)
     curves(rows, args.figure)
     ev.write_text(args.tsv, ev.tsv(rows))
     return 0
 
 
 def run_summary(args) -> int:
+    from linepo.evaluation import summary
     from linepo.evaluation import winrates as ev
     from linepo.schemas import read_table
 
@@ -143,15 +183,24 @@ def run_summary(args) -> int:
         if labels != names:
             raise InputError(f"{flag} {path}: rows {labels} are not the checkpoints {names}")
         matrices[flag] = values / 100.0
-    lengths = {g: ev.mean_length(read_table(path, "samples")) for g, path in spec["generations"].items()}
+    counts = None
+    if args.counts is not None:
+        try:
+            labels, judged, failed = ev.read_counts_csv(args.counts)
+        except FileNotFoundError:
+            raise InputError(f"--counts {args.counts}: file not found") from None
+        if labels != names:
+            raise InputError(f"--counts {args.counts}: rows {labels} are not the checkpoints {names}")
+        counts = (judged, failed)
+    lengths = {g: summary.mean_length(read_table(path, "samples")) for g, path in spec["generations"].items()}
     reports = {}
     for name, path in (spec.get("exploitability") or {}).items():
         try:
             reports[name] = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
-    rows = ev.summary_rows(names, matrices["--matrix"], spec["checkpoints"], lengths, reports,
-                           hard=matrices.get("--hard-matrix"))
+    rows = summary.summary_rows(names, matrices["--matrix"], spec["checkpoints"], lengths, reports,
+                           hard=matrices.get("--hard-matrix"), counts=counts)
     text = ev.tsv(rows)
     ev.write_text(args.out, text)
     print(text, end="", file=sys.stderr)

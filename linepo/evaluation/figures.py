@@ -29,24 +29,37 @@ def _save(fig, out) -> Path:
     return Path(out)
 
 
-def heatmap(labels, m, se, out, *, title: str = "") -> Path:
-    """Row-vs-column win rates (%) with ± SE in each cell, the Avg column beside them."""
+def heatmap(labels, m, se, out, *, title: str = "", judged=None, failed=None) -> Path:
+    """Row-vs-column win rates (%) with ± SE in each cell, the Avg column beside them.
+
+    A missing cell (nan: too many failed comparisons) is grey and says how many failed;
+    a cell with some failures shows their count.
+    """
+    import numpy as np
+
     plt = _pyplot()
     k = len(labels)
-    avg = m.mean(axis=1, keepdims=True)
+    avg = m.mean(axis=1, keepdims=True)  # nan where the row has a missing cell
     fig, (ax, ax_avg) = plt.subplots(1, 2, figsize=(1.1 * k + 3.2, 0.75 * k + 1.6),
                                      gridspec_kw={"width_ratios": [k, 1.2]})
     for axis, values, names in ((ax, m, labels), (ax_avg, avg, ["Avg"])):
-        axis.imshow(100 * values, cmap="RdBu", vmin=0, vmax=100, aspect="auto")
+        axis.set_facecolor("lightgrey")  # imshow leaves nan cells transparent
+        axis.imshow(np.ma.masked_invalid(100 * values), cmap="RdBu", vmin=0, vmax=100, aspect="auto")
         axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
         axis.set_yticks(range(k), labels if axis is ax else [""] * k)
         for i in range(k):
             for j in range(values.shape[1]):
-                text = f"{100 * values[i, j]:.1f}"
-                if axis is ax and i != j:
-                    text += f"\n±{100 * se[i, j]:.1f}"
-                axis.text(j, i, text, ha="center", va="center", fontsize=8,
-                          color="white" if abs(values[i, j] - 0.5) > 0.3 else "black")
+                cell = axis is ax and i != j
+                lost = f"{int(failed[i, j])}/{int(judged[i, j])} failed" if cell and failed is not None \
+                    and failed[i, j] else ""
+                if np.isnan(values[i, j]):
+                    text = "missing" + (f"\n{lost}" if lost else "")
+                else:
+                    text = f"{100 * values[i, j]:.1f}"
+                    if cell:
+                        text += f"\n±{100 * se[i, j]:.1f}" + (f"\n{lost}" if lost else "")
+                dark = not np.isnan(values[i, j]) and abs(values[i, j] - 0.5) > 0.3
+                axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_ylabel("row")
     ax.set_title(title or "win rate of row vs column (%)")
     return _save(fig, out)

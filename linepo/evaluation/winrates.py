@@ -1,5 +1,6 @@
 """Evaluation: pairwise win rates between checkpoints' generations, with bootstrap standard
-errors, Figure 3's curves, the summary table and the AlpacaEval export (paper §5.2).
+errors, and the AlpacaEval export (paper §5.2); Figure 3's curves and the summary table are
+:mod:`linepo.evaluation.summary`.
 
 A *comparison* judges every prompt's two outputs (sample i of A against sample i of B) in
 both orders, so a judge's position bias cancels: P(A ≻ B) = ½ (P(A ≻ B | A shown first) +
@@ -83,12 +84,14 @@ def compare(rows_a: dict, rows_b: dict, judge, *, name_a: str = "a", name_b: str
     a_first, b_first = prob[:n], prob[n:]
     any_failed = failed[:n] | failed[n:]
     combined = np.where(any_failed, np.nan, 0.5 * (a_first + 1.0 - b_first))
+    reasons = list(getattr(judge, "last_reasons", None) or [None] * (2 * n))
     return [
         {"prompt_id": k[0], "sample_index": k[1],
          "prob_a_first": None if failed[i] else float(a_first[i]),
          "prob_b_first": None if failed[n + i] else float(b_first[i]),
          "prob_a_wins": None if any_failed[i] else float(combined[i]),
-         "failed": bool(any_failed[i])}
+         "failed": bool(any_failed[i]),
+         "failure": (reasons[i] or reasons[n + i]) if any_failed[i] else None}
         for i, k in enumerate(keys)
     ]
 
@@ -109,7 +112,10 @@ def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--j
     rows = compare(rows_a, rows_b, judge, name_a=str(path_a), name_b=str(path_b))
     failed = sum(r["failed"] for r in rows)
     valid = [r["prob_a_wins"] for r in rows if not r["failed"]]
-    meta = {"a": str(path_a), "b": str(path_b), "judge": judge_config, "failed": failed}
+    meta = {"a": str(path_a), "b": str(path_b), "judge": judge_config, "failed": failed,
+            "max_failed_fraction": judge.max_failed_fraction}
+    if failed:
+        meta["failure_summary"] = judge.failure_summary()
     write_table(rows, out, "comparisons", metadata=meta)
     return {"comparisons": len(rows), "failed": failed,
             "win_rate_a": float(np.mean(valid)) if valid else None}
@@ -135,7 +141,7 @@ def per_prompt(table, *, hard: bool = False) -> dict[str, float]:
     return {pid: sums[pid] / counts[pid] for pid in sums}
 
 
-def _seed(*parts) -> int:
+def comparison_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
@@ -149,9 +155,19 @@ def bootstrap_se(values, resamples: int, seed: int) -> float:
     return float(values[idx].mean(axis=1).std(ddof=1))
 
 
-def win_rate(table, *, a_is_row: bool, resamples: int, seed: int) -> dict:
+def win_rate(table, *, a_is_row: bool, resamples: int, seed: int, max_failed_fraction: float | None = None) -> dict:
     """Row's win rate against column from one comparison table: soft and hard mean and SE
-    (the same prompt resamples for both), prompt and failure counts."""
+    (the same prompt resamples for both), and the counts of judged and failed comparisons.
+
+    A table whose share of failed comparisons is above ``max_failed_fraction`` has no win
+    rate (nan, ``missing``): what is left would be mostly identical-text ties, which read as 50%.
+    """
+    failed = int(sum(table.column("failed").to_pylist())) if hasattr(table, "column") else 0
+    judged = int(table.num_rows) if hasattr(table, "num_rows") else len(table["failed"])
+    if max_failed_fraction is not None and judged and failed / judged > max_failed_fraction:
+        nan = float("nan")
+        return {"win_rate": nan, "se": nan, "hard_win_rate": nan, "hard_se": nan, "prompts": 0,
+                "judged": judged, "failed": failed, "missing": True}
     out = {}
     for hard, prefix in ((False, ""), (True, "hard_")):
         values = per_prompt(table, hard=hard)
@@ -160,9 +176,9 @@ def win_rate(table, *, a_is_row: bool, resamples: int, seed: int) -> dict:
             p = 1.0 - p
         out[prefix + "win_rate"] = float(p.mean()) if p.size else float("nan")
         out[prefix + "se"] = bootstrap_se(p, resamples, seed)
-    failed = int(sum(table.column("failed").to_pylist())) if hasattr(table, "column") else 0
     return {"win_rate": out["win_rate"], "se": out["se"], "hard_win_rate": out["hard_win_rate"],
-            "hard_se": out["hard_se"], "prompts": int(p.size), "failed": failed}
+            "hard_se": out["hard_se"], "prompts": int(p.size), "judged": judged, "failed": failed,
+            "missing": not p.size}
 
 
 def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: int = 1000, seed: int = 0):
@@ -170,7 +186,9 @@ def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: in
 
     Args:
         checkpoints: ``[{"name", "label", "generation"}]`` in table order.
-        comparisons: ``{comparison id: {"a": generation, "b": generation, "table": pyarrow table}}``.
+        comparisons: ``{comparison id: {"a": generation, "b": generation, "table": pyarrow table}}``,
+            optionally with the judge's ``max_failed_fraction`` (a cell above it is nan) and
+            ``failure_summary``.
 
     Returns:
         ``(labels, M, SE, pairs)``: M[i][j] = P(row i ≻ column j) (diagonal ½, SE 0),
@@ -191,16 +209,19 @@ def win_rate_matrix(checkpoints: list[dict], comparisons: dict, *, resamples: in
             if i == j or row["generation"] == col["generation"]:
                 if i != j:
                     pairs.append({"row": row["label"], "column": col["label"], "win_rate": 0.5, "se": 0.0,
-                                  "hard_win_rate": 0.5, "hard_se": 0.0, "prompts": 0, "failed": 0,
-                                  "comparison": ""})
+                                  "hard_win_rate": 0.5, "hard_se": 0.0, "prompts": 0, "judged": 0, "failed": 0,
+                                  "missing": False, "comparison": "", "failure_summary": ""})
                 continue
             a, b = sorted((row["generation"], col["generation"]))
             if (a, b) not in by_pair:
                 raise InputError(f"no comparison of {row['label']} and {col['label']} (generations {a}, {b})")
             cid, table = by_pair[(a, b)]
-            result = win_rate(table, a_is_row=row["generation"] == a, resamples=resamples, seed=_seed(seed, cid))
+            limit = comparisons[cid].get("max_failed_fraction")
+            result = win_rate(table, a_is_row=row["generation"] == a, resamples=resamples,
+                              seed=comparison_seed(seed, cid), max_failed_fraction=limit)
             m[i, j], se[i, j] = result["win_rate"], result["se"]
-            pairs.append({"row": row["label"], "column": col["label"], **result, "comparison": cid})
+            pairs.append({"row": row["label"], "column": col["label"], **result, "comparison": cid,
+                          "failure_summary": comparisons[cid].get("failure_summary") or ""})
     return [c["label"] for c in checkpoints], m, se, pairs
 
 
@@ -215,13 +236,45 @@ def pair_matrix(labels, pairs, key: str) -> np.ndarray:
 
 
 def matrix_csv(labels, m, *, avg: bool = True) -> str:
-    """CSV of a matrix in percent (2 decimals), with the row mean (diagonal included, as Table 2) as Avg."""
+    """CSV of a matrix in percent (2 decimals), with the row mean (diagonal included, as Table 2) as Avg.
+
+    A missing cell (nan: too many failed comparisons) is empty, and so is its row's Avg.
+    """
+    def cell(v):
+        return "" if np.isnan(v) else f"{100 * v:.2f}"
+
     header = ["row/column", *labels] + (["Avg"] if avg else [])
     lines = [",".join(_csv(h) for h in header)]
     for label, row in zip(labels, m):
-        values = [f"{100 * v:.2f}" for v in row] + ([f"{100 * np.mean(row):.2f}"] if avg else [])
+        values = [cell(v) for v in row] + ([cell(np.mean(row))] if avg else [])
         lines.append(",".join([_csv(label), *values]))
     return "\n".join(lines) + "\n"
+
+
+def counts_csv(labels, pairs) -> str:
+    """CSV of judged/failed comparisons per ordered pair ("800/3"), the diagonal "-"."""
+    index = {label: i for i, label in enumerate(labels)}
+    cells = [["-" if i == j else "" for j in range(len(labels))] for i in range(len(labels))]
+    for pair in pairs:
+        cells[index[pair["row"]]][index[pair["column"]]] = f"{pair['judged']}/{pair['failed']}"
+    lines = [",".join(["row/column (judged/failed)", *map(_csv, labels)])]
+    lines += [",".join([_csv(label), *row]) for label, row in zip(labels, cells)]
+    return "\n".join(lines) + "\n"
+
+
+def read_counts_csv(path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The labels and the judged and failed matrices of a :func:`counts_csv` file (diagonal 0)."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    labels = rows[0][1:]
+    judged, failed = np.zeros((len(labels), len(labels)), int), np.zeros((len(labels), len(labels)), int)
+    for i, row in enumerate(rows[1:]):
+        for j, cell in enumerate(row[1:1 + len(labels)]):
+            if "/" in cell:
+                judged[i, j], failed[i, j] = map(int, cell.split("/"))
+    return labels, judged, failed
 
 
 def _csv(text: str) -> str:
@@ -237,71 +290,11 @@ def read_matrix_csv(path) -> tuple[list[str], np.ndarray]:
     labels = rows[0][1:]
     if labels and labels[-1] == "Avg":
         labels = labels[:-1]
-    values = np.array([[float(v) for v in r[1:1 + len(labels)]] for r in rows[1:]])
+    values = np.array([[float(v) if v != "" else np.nan for v in r[1:1 + len(labels)]] for r in rows[1:]])
     return labels, values
 
 
-# ----------------------------------------------------------------------------- curves, summary
-
-
-def mean_length(table) -> float:
-    """Average generated tokens per output of a generation (samples) table."""
-    tokens = table.column("num_tokens").to_pylist()
-    return float(np.mean(tokens)) if tokens else float("nan")
-
-
-def curve_rows(runs: dict, generations: dict, comparisons: dict, *, resamples: int, seed: int) -> list[dict]:
-    """Figure 3's points: per run and iteration, win rate against SFT (± SE) and mean length.
-
-    Args:
-        runs: ``{run: {"label", "round_length", "points": [{"iteration", "round", "split",
-            "generation", "comparison", "sft_generation"}]}}``.
-        generations: ``{generation id: samples table}``.
-        comparisons: ``{comparison id: comparisons table}``.
-    """
-    rows = []
-    for run, spec in runs.items():
-        for point in spec["points"]:
-            cid = point["comparison"]
-            if cid is None:
-                rate = {"win_rate": 0.5, "se": 0.0}
-            else:
-                a_is_policy = point["generation"] < point["sft_generation"]
-                rate = win_rate(comparisons[cid], a_is_row=a_is_policy, resamples=resamples, seed=_seed(seed, cid))
-            rows.append({"run": run, "label": spec["label"], "iteration": point["iteration"],
-                         "round": point["round"], "split": point["split"],
-                         "win_rate_vs_sft": rate["win_rate"], "se": rate["se"],
-                         "avg_tokens": mean_length(generations[point["generation"]]),
-                         "round_length": spec["round_length"], "generation": point["generation"]})
-    return rows
-
-
-def summary_rows(labels, m, checkpoints, lengths: dict, exploitability: dict, hard=None) -> list[dict]:
-    """Per checkpoint: average and worst win rate (robust alignment: ≥ 50% against all), the
-    same two of the hard matrix ``hard`` when given (its worst may be against another
-    checkpoint), length, and, with the synthetic oracle, exploitability and category mix."""
-    rows = []
-    for i, (label, cp) in enumerate(zip(labels, checkpoints)):
-        others = [j for j in range(len(labels)) if j != i]
-        worst = min(others, key=lambda j: m[i, j]) if others else None
-        report = exploitability.get(cp["name"])
-        hard_rates = {}
-        if hard is not None:
-            hard_rates = {"avg_hard_win_rate": float(np.mean(hard[i])),
-                          "worst_hard_win_rate": float(min(hard[i, j] for j in others)) if others else float("nan")}
-        rows.append({
-            "checkpoint": cp["name"], "label": label,
-            "avg_win_rate": float(np.mean(m[i])),
-            "worst_win_rate": float(m[i, worst]) if worst is not None else float("nan"),
-            "worst_against": labels[worst] if worst is not None else "",
-            **hard_rates,
-            "avg_tokens": lengths[cp["generation"]],
-            "exploitability": report["exploitability"] if report else None,
-            "category_distribution": ", ".join(f"{k} {v:.3f}" for k, v in report["category_distribution"].items())
-            if report else "",
-            "policy": cp.get("policy", ""),
-        })
-    return rows
+# ----------------------------------------------------------------------------- tables
 
 
 def tsv(rows: list[dict]) -> str:

@@ -185,13 +185,22 @@ def format_prompt(tokenizer, prompt: str) -> str:
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of :func:`format_prompt`'s text.
+    """Token ids of :func:`format_prompt`'s text, the prompt itself encoded as text.
 
     A chat template writes its own special tokens (BOS included), so they are not added
-    again; the plain template gets the tokenizer's usual ones (e.g. BOS for Llama).
+    again; the plain template gets the tokenizer's usual ones (e.g. BOS for Llama). A
+    special token's spelling in the prompt stays characters (:mod:`linepo.stages.text`):
+    ``<|im_start|>`` typed by a user opens no turn.
     """
+    from linepo.stages.text import encode_rendered, marker, spells_a_special_token
+
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
+    text = format_prompt(tokenizer, prompt)
+    if not spells_a_special_token(tokenizer, prompt):
+        return tokenizer(text, add_special_tokens=not has_template)["input_ids"]
+    rendered = format_prompt(tokenizer, marker(0))
+    content = prompt if rendered.replace(marker(0), prompt) == text else prompt.strip()  # a template that trims
+    return encode_rendered(tokenizer, rendered, [content], add_special_tokens=not has_template)
 
 
 def end_of_turn_token_ids(tokenizer) -> list[int]:

@@ -66,12 +66,12 @@ def group_samples(table, path: str | Path = "samples") -> dict[str, dict]:
             two different prompt texts; the message names ``path``.
     """
     columns = table.select(["prompt_id", "prompt", "sample_index", "response", "finish_reason",
-                            "stop_token_id"]).to_pydict()
+                            "stop_token_id", "response_token_ids"]).to_pydict()
     groups: dict[str, dict] = {}
-    for pid, prompt, index, response, reason, stop in zip(
+    for pid, prompt, index, response, reason, stop, ids in zip(
             columns["prompt_id"], columns["prompt"], columns["sample_index"], columns["response"],
-            columns["finish_reason"], columns["stop_token_id"]):
-        group = groups.setdefault(pid, {"prompt": prompt, "responses": {}, "finished": {}, "stop": {}})
+            columns["finish_reason"], columns["stop_token_id"], columns["response_token_ids"]):
+        group = groups.setdefault(pid, {"prompt": prompt, "responses": {}, "finished": {}, "stop": {}, "ids": {}})
         if group["prompt"] != prompt:
             raise InputError(f"{path}: prompt_id {pid!r} has two different prompt texts")
         if index in group["responses"]:
@@ -79,6 +79,7 @@ def group_samples(table, path: str | Path = "samples") -> dict[str, dict]:
         group["responses"][index] = response
         group["finished"][index] = reason != "length"
         group["stop"][index] = stop if reason != "length" else None
+        group["ids"][index] = ids
     for group in groups.values():
         group["responses"] = dict(sorted(group["responses"].items()))
     return groups
@@ -118,6 +119,7 @@ def run_tournament(groups: dict[str, dict], judge, *, seed: int | None = None, p
     prob = np.full(n, np.nan)
     outcome = np.full(n, -1, dtype=np.int8)
     failed = np.zeros(n, dtype=bool)
+    reasons: list = [None] * n
     start = time.perf_counter()
     # disable=None: a bar on a terminal only, none in logs of batch jobs.
     bar = tqdm(total=n, unit="cmp", desc=f"judge ({judge.name})", leave=False,
@@ -127,6 +129,7 @@ def run_tournament(groups: dict[str, dict], judge, *, seed: int | None = None, p
             chunk = comparisons[lo:lo + judge.chunk_size]
             p, o, f = judge.judge([c[1] for c in chunk], [c[4] for c in chunk], [c[5] for c in chunk], seed=seed)
             prob[lo:lo + len(chunk)], outcome[lo:lo + len(chunk)], failed[lo:lo + len(chunk)] = p, o, f
+            reasons[lo:lo + len(chunk)] = judge.last_reasons
             bar.update(len(chunk))
     seconds = time.perf_counter() - start
     rows = {
@@ -136,6 +139,7 @@ def run_tournament(groups: dict[str, dict], judge, *, seed: int | None = None, p
         "prob_a_wins": [None if f else float(p) for p, f in zip(prob, failed)],
         "outcome": [None if f else int(o) for o, f in zip(outcome, failed)],
         "failed": failed.tolist(),
+        "failure": reasons,
     }
     stats = {
         "prompts": len(groups),
@@ -152,7 +156,8 @@ def run_tournament(groups: dict[str, dict], judge, *, seed: int | None = None, p
 
 
 def judge_samples(samples_path, judge_config: dict | None, out, *, seed: int | None = None,
-                  source: str = "judge config", progress: bool | None = None) -> dict:
+                  source: str = "judge config", progress: bool | None = None,
+                  max_failed_fraction: float | None = None) -> dict:
     """Read samples, build the judge, run the tournament, write the judgments file.
 
     The file's metadata holds the judge config, the seed and the counts (no timings, so
@@ -165,12 +170,34 @@ def judge_samples(samples_path, judge_config: dict | None, out, *, seed: int | N
 
     groups = group_samples(read_table(samples_path, "samples"), samples_path)
     judge = make_judge(judge_config, source=source)
+    if max_failed_fraction is not None:  # the workflow's flag: not part of the judge config (or the node id)
+        judge.max_failed_fraction = max_failed_fraction
     seed = judge.seed if seed is None else seed
     rows, stats = run_tournament(groups, judge, seed=seed, progress=progress)
+    check_failures(stats["failed"], stats["comparisons"], judge, what="comparisons")
     counts = {k: v for k, v in stats.items() if k not in ("seconds", "comparisons_per_s")}
     config = DEFAULT_JUDGE_CONFIG if judge_config is None else judge_config
-    write_table(rows, out, "judgments", metadata={"judge": config, "seed": seed, "counts": counts})
+    metadata = {"judge": config, "seed": seed, "counts": counts}
+    if hasattr(judge, "describe"):
+        metadata["judge_facts"] = judge.describe()  # e.g. the chat template's sha256
+    write_table(rows, out, "judgments", metadata=metadata)
     return stats
+
+
+class JudgeFailed(InputError):
+    """More comparisons failed than the judge's ``max_failed_fraction`` allows."""
+
+
+def check_failures(failed: int, total: int, judge, *, what: str) -> None:
+    """Stop a step whose judge failed too often, with one line saying why.
+
+    Raises:
+        JudgeFailed: ``failed / total`` is above ``judge.max_failed_fraction``.
+    """
+    if total and failed / total > judge.max_failed_fraction:
+        raise JudgeFailed(f"judge: {failed} of {total} {what} failed ({failed / total:.0%} > "
+                          f"max_failed_fraction {judge.max_failed_fraction:.0%}): {judge.failure_summary()}; "
+                          "nothing written")
 
 
 # ----------------------------------------------------------------------------- step 2: select
@@ -268,6 +295,7 @@ def _pair_row(pid, group, chosen: int, rejected: int, chosen_rate: float, reject
         "rejected": group["responses"][rejected], "chosen_index": chosen, "rejected_index": rejected,
         "chosen_finished": group["finished"][chosen], "rejected_finished": group["finished"][rejected],
         "chosen_stop_token_id": group["stop"][chosen], "rejected_stop_token_id": group["stop"][rejected],
+        "chosen_token_ids": group["ids"][chosen], "rejected_token_ids": group["ids"][rejected],
         "chosen_win_rate": chosen_rate, "rejected_win_rate": rejected_rate, "label_probability": float(label),
     }
 
@@ -330,6 +358,13 @@ def build_preferences(samples_path, judgments_path, out, *, selection: str = "be
     judgments = read_table(judgments_path, "judgments")
     rows, stats = select_preferences(groups, judgments, selection=selection, use_outcomes=use_outcomes,
                                      judgments_path=judgments_path)
+    if not rows:
+        dropped = ", ".join(f"{v} {k.removeprefix('dropped_').replace('_', ' ')}" for k, v in stats.items()
+                            if k.startswith("dropped_") and v)
+        raise InputError(f"{judgments_path}: no pairs from {stats['prompts']} prompts ({stats['failed_comparisons']} "
+                         f"failed comparisons; dropped: {dropped or 'none'}): nothing to train on")
+    if selection in LABELLED_SELECTIONS and all(r["label_probability"] == 0.5 for r in rows):
+        log.warning("%s: every pair is a tie (P = 0.5): the judge tells these samples apart by nothing", judgments_path)
     write_table(rows, out, "preferences",
                 metadata={"selection": selection, "use_outcomes": use_outcomes, "counts": stats})
     return stats

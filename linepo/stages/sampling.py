@@ -266,11 +266,13 @@ class TransformersSampler(Sampler):
             tokens, finish, stop_token = tokens[: stop + 1], "stop", tokens[stop]
         else:
             finish = "length"
+        response_ids = tokens[:-1] if stop_token is not None else tokens
         return {
             "prompt_id": prompt["prompt_id"],
             "prompt": prompt["prompt"],
             "sample_index": sample_index,
             "response": self.tokenizer.decode(tokens, skip_special_tokens=True),
+            "response_token_ids": response_ids,
             "num_tokens": len(tokens),
             "finish_reason": finish,
             "stop_token_id": stop_token,
@@ -351,12 +353,16 @@ class VLLMSampler(Sampler):
         for prompt, output in zip(prompts, outputs):
             for k, completion in enumerate(output.outputs):
                 stop_token = self._stop_token(completion)
+                ids = [int(t) for t in completion.token_ids]
+                if stop_token is not None and ids and ids[-1] == stop_token:
+                    ids = ids[:-1]  # the stop token has its own column
                 rows.append(
                     {
                         "prompt_id": prompt["prompt_id"],
                         "prompt": prompt["prompt"],
                         "sample_index": k,
                         "response": completion.text,
+                        "response_token_ids": ids,
                         "num_tokens": len(completion.token_ids),
                         # a stop we cannot name is scored as a cut response: no stop token term
                         "finish_reason": "stop" if stop_token is not None else "length",

@@ -6,7 +6,8 @@
     from linepo.stages.scoring import sequence_logprobs, score_preferences
     logps = sequence_logprobs(model, tokenizer, prompts, responses, batch_size=32, max_length=512)  # (B,)
 
-A sequence is ``encode_prompt(prompt) + tokens(response) + [stop]``, where stop is the token
+A sequence is ``encode_prompt(prompt) + response ids + [stop]``: the response's ids as sampled
+(its text, encoded as text, only for hand-made files without them), and stop is the token
 the sample emitted (EOS, or the chat template's end of turn: Qwen2's ``<|im_end|>``) and is
 absent when the sample was cut; log π(y|x) is the sum of the next-token log-probs at the
 response positions (the stop token included), nothing on the prompt.
@@ -64,7 +65,7 @@ def _truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -
     return prompt_ids, response_ids[: max_length - keep_prompt], True
 
 
-def _response_ids(tokenizer, responses, finished=None, stop_tokens=None) -> list[list[int]]:
+def _response_ids(tokenizer, responses, finished=None, stop_tokens=None, token_ids=None) -> list[list[int]]:
     """Token ids of each response, followed by the stop token it emitted.
 
     ``stop_tokens[i]`` is the token that ended response i (EOS, or the chat template's end of
@@ -72,8 +73,15 @@ def _response_ids(tokenizer, responses, finished=None, stop_tokens=None) -> list
     never emitted one, and scoring one would add a large negative log π(stop | cut text) that
     the losses could move without moving the response. Without ``stop_tokens`` (hand-made
     files), a ``finished`` response (default: all) ends with the tokenizer's EOS.
+    ``token_ids[i]``, when given, is response i as sampled (scored as is, not re-tokenized).
     """
-    encoded = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if len(responses) else []
+    from linepo.stages.text import encode_text
+
+    # The sampled ids when the sample file kept them (scoring re-tokenized text would score
+    # another sequence than the one sampled); else the text, as text.
+    token_ids = [None] * len(responses) if token_ids is None else list(token_ids)
+    encoded = [list(ids) if ids is not None else encode_text(tokenizer, text)
+               for text, ids in zip(responses, token_ids, strict=True)]
     finished = [True] * len(encoded) if finished is None else list(finished)
     stop_tokens = [None] * len(encoded) if stop_tokens is None else list(stop_tokens)
     out = []
@@ -87,7 +95,7 @@ def _response_ids(tokenizer, responses, finished=None, stop_tokens=None) -> list
 
 
 def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finished=None,
-                       stop_tokens=None) -> list[dict]:
+                       stop_tokens=None, token_ids=None) -> list[dict]:
     """``{"input_ids", "response_mask"}`` per (prompt, response): the sequences log π(y|x) sums over.
 
     ``response_mask[t]`` is 1 where token t belongs to the response (its stop token included
@@ -101,7 +109,7 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finish
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     cache: dict[str, list[int]] = {}
     features, truncated = [], 0
-    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses, finished, stop_tokens)):
+    for prompt, response_ids in zip(prompts, _response_ids(tokenizer, responses, finished, stop_tokens, token_ids)):
         if prompt not in cache:
             cache[prompt] = encode_prompt(tokenizer, prompt)
         prompt_ids, response_ids, cut = _truncate(cache[prompt], response_ids, max_length)
@@ -114,7 +122,8 @@ def tokenize_responses(tokenizer, prompts, responses, *, max_length: int, finish
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int, chosen_finished=None,
-                   rejected_finished=None, chosen_stop=None, rejected_stop=None) -> list[dict]:
+                   rejected_finished=None, chosen_stop=None, rejected_stop=None, chosen_ids=None,
+                   rejected_ids=None) -> list[dict]:
     """Per pair: ``chosen_input_ids``, ``chosen_response_mask``, ``rejected_input_ids``,
     ``rejected_response_mask`` (see :func:`tokenize_responses`); what the trainer's batches hold."""
     if not len(prompts) == len(chosen) == len(rejected):
@@ -125,8 +134,11 @@ def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_length: int, cho
     stops = None
     if chosen_stop is not None or rejected_stop is not None:
         stops = list(chosen_stop or [None] * len(chosen)) + list(rejected_stop or [None] * len(rejected))
+    ids = None
+    if chosen_ids is not None or rejected_ids is not None:
+        ids = list(chosen_ids or [None] * len(chosen)) + list(rejected_ids or [None] * len(rejected))
     both = tokenize_responses(tokenizer, list(prompts) * 2, list(chosen) + list(rejected), max_length=max_length,
-                              finished=finished, stop_tokens=stops)
+                              finished=finished, stop_tokens=stops, token_ids=ids)
     n = len(prompts)
     return [
         {"chosen_input_ids": c["input_ids"], "chosen_response_mask": c["response_mask"],
@@ -188,7 +200,7 @@ def _device_of(model):
 
 
 def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int = 32, max_length: int = 512,
-                      stats: dict | None = None, finished=None, stop_tokens=None):
+                      stats: dict | None = None, finished=None, stop_tokens=None, token_ids=None):
     """log π(response | prompt) summed over response tokens + its stop token, without gradients;
     (B,) float32 on CPU.
 
@@ -205,7 +217,7 @@ def sequence_logprobs(model, tokenizer, prompts, responses, *, batch_size: int =
     if batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
     features = tokenize_responses(tokenizer, prompts, responses, max_length=max_length, finished=finished,
-                                  stop_tokens=stop_tokens)
+                                  stop_tokens=stop_tokens, token_ids=token_ids)
     out = torch.zeros(len(features), dtype=torch.float32)
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     device = _device_of(model)
@@ -253,7 +265,7 @@ def _same_policy(a, b) -> bool:
     return str(a) == str(b)
 
 
-def _score_with(path, prompts, chosen, rejected, finished, stops, *, batch_size, max_length, dtype,
+def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_size, max_length, dtype,
                 trust_remote_code):
     """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
     import torch
@@ -266,7 +278,7 @@ def _score_with(path, prompts, chosen, rejected, finished, stops, *, batch_size,
     try:
         logps = sequence_logprobs(model, tokenizer, list(prompts) * 2, list(chosen) + list(rejected),
                                   batch_size=batch_size, max_length=max_length, stats=stats, finished=finished,
-                                  stop_tokens=stops)
+                                  stop_tokens=stops, token_ids=ids)
     finally:
         del model
         gc.collect()
@@ -312,15 +324,16 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     rejected = table.column("rejected").to_pylist()
     finished = table.column("chosen_finished").to_pylist() + table.column("rejected_finished").to_pylist()
     stops = table.column("chosen_stop_token_id").to_pylist() + table.column("rejected_stop_token_id").to_pylist()
+    ids = table.column("chosen_token_ids").to_pylist() + table.column("rejected_token_ids").to_pylist()
     kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code)
 
-    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, stops, **kwargs)
+    ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, stops, ids, **kwargs)
     models_run = 1
     if _same_policy(reference, anchor):
         anc_c, anc_r = ref_c, ref_r
     else:
         anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, finished, stops,
-                                                              **kwargs)
+                                                              ids, **kwargs)
         tokens, seconds, models_run = tokens + more_tokens, seconds + more_seconds, 2
     columns = dict(zip(LOGP_COLUMNS, (ref_c, ref_r, anc_c, anc_r)))
     for name, values in columns.items():
@@ -330,8 +343,8 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
 
     rows = {name: table.column(name).to_pylist() for name in
             ("prompt_id", "prompt", "chosen", "rejected", "chosen_finished", "rejected_finished",
-             "chosen_stop_token_id", "rejected_stop_token_id", "chosen_win_rate", "rejected_win_rate",
-             "label_probability")}
+             "chosen_stop_token_id", "rejected_stop_token_id", "chosen_token_ids", "rejected_token_ids",
+             "chosen_win_rate", "rejected_win_rate", "label_probability")}
     rows.update({name: values.double().tolist() for name, values in columns.items()})
     pairs = len(prompts)
     stats = {

@@ -233,7 +233,7 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise InputError(f"{base}: cannot load the base model ({err})") from err
-    model.config.use_cache = False
+    use_cache, model.config.use_cache = model.config.use_cache, False  # no KV cache while training
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(resume_dir), num_train_epochs=float(settings.epochs),
@@ -247,6 +247,7 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
     resume = latest_checkpoint(resume_dir)
     start = time.perf_counter()
     result = fit(model, features, pad, args, resume_from=resume)
+    model.config.use_cache = use_cache  # saved as the base had it
     save_policy(model, tok, out)
     if resume_dir.is_dir():
         shutil.rmtree(resume_dir)

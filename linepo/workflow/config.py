@@ -2,11 +2,12 @@
 
 Validation fills in the schema's defaults, then checks what a schema cannot (a preference
 matrix's P + Pᵀ = 1, per-algorithm run parameters from :mod:`linepo.algorithms`, checkpoints
-that some run produces, held-out prompts that are held out), resolves the evaluation
-section (its judge and decoding default to the training ones) and moves the *execution
-keys* — how a step is spread over processes, not what it computes — out of their sections
-into ``config["_execution"]``, once: node ids, rule params and judge configs never see them,
-so changing them reruns nothing. Errors are one line naming the config key:
+that some run produces, held-out prompts that are held out, local model folders that hold what
+loading them needs, prompt files without a hub ``name``: :mod:`linepo.workflow.preflight`),
+resolves the evaluation section (its judge and decoding default to the training ones) and
+moves the *execution keys* — how a step is spread over processes, not what it computes — out
+of their sections into ``config["_execution"]``, once: node ids, rule params and judge
+configs never see them, so changing them reruns nothing. Errors are one line naming the config key:
 
     linepo plan config.yaml --config     # the validated config, defaults filled in
 """
@@ -23,9 +24,13 @@ import yaml
 from linepo.algorithms import ALGORITHMS
 from linepo.errors import InputError
 from linepo.sources import DTYPES, looks_local
+from linepo.workflow.preflight import check_judge_files, check_model_folder, check_prompt_names
 
 #: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
-EXECUTION_KEYS = {"sampling": ("data_parallel",), "judge": ("data_parallel",), "training": ("accelerate_config",)}
+#: ``judge.max_failed_fraction`` is here too: a limit on what a judging step may lose decides
+#: whether the step fails, not what it writes, so raising it after a failure re-judges nothing.
+EXECUTION_KEYS = {"sampling": ("data_parallel",), "judge": ("data_parallel", "max_failed_fraction"),
+                  "training": ("accelerate_config",)}
 
 
 def _schema() -> dict:
@@ -82,6 +87,7 @@ def validate_config(config: dict) -> dict:
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run)
     _check_validation(config)
+    check_prompt_names(config)
     config["evaluation"] = resolve_evaluation(config)
     _check_resources(config)
     return config
@@ -112,8 +118,11 @@ def _split_execution(config: dict) -> dict:
     for section, keys in EXECUTION_KEYS.items():
         execution[section] = {key: config[section].pop(key) for key in keys if key in config[section]}
     judge = config["evaluation"].get("judge")
+    execution["evaluation"] = {}
     if isinstance(judge, dict):
         judge.pop("data_parallel", None)  # comparisons run in one process; never part of what is judged
+        if "max_failed_fraction" in judge:  # a cell's limit: read by the win-rate tables, not the comparisons
+            execution["evaluation"]["max_failed_fraction"] = judge.pop("max_failed_fraction")
     path = execution["training"].get("accelerate_config")
     if path is not None and not Path(path).expanduser().is_file():
         raise InputError(f"config key training.accelerate_config: {path}: file not found")
@@ -155,10 +164,23 @@ def _check_policy(section: dict) -> None:
             raise InputError("config key policy.tokenizer: the embedded policy builds its own tokenizer")
         if looks_local(tokenizer) and not Path(tokenizer).expanduser().is_dir():
             raise InputError(f"config key policy.tokenizer: {tokenizer}: no such folder")
+    # What loading needs besides config.json (linepo.workflow.preflight): weights, and tokenizer
+    # files unless policy.tokenizer gives them. Hub ids: checked where snakemake runs.
+    remote, own_tokenizer = section["trust_remote_code"], tokenizer is None
+    if sft == "build":
+        check_model_folder(section["build"]["base"], "policy.build.base", what="base model", tokenizer=own_tokenizer,
+                           tokenizer_key="policy.tokenizer", remote_code=remote)
+    elif sft != "embedded":
+        check_model_folder(sft, "policy.sft", what="policy", tokenizer=own_tokenizer, tokenizer_key="policy.tokenizer",
+                           remote_code=remote)
+    if tokenizer is not None:
+        check_model_folder(tokenizer, "policy.tokenizer", what="tokenizer", weights=False, remote_code=remote)
 
 
 def _check_judge(section: dict, source: str) -> None:
-    """The synthetic oracle is cheap to build: build it now so a bad matrix fails before planning."""
+    """The synthetic oracle is cheap to build: build it now so a bad matrix fails before planning.
+    A model judge's local folder is checked for what loading it needs (weights, tokenizer, chat template)."""
+    check_judge_files(section, source.removeprefix("config key "))
     if section.get("type") == "synthetic":
         from linepo.stages.judges import make_judge
 

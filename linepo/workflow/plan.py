@@ -26,9 +26,12 @@ from linepo.algorithms import ALGORITHMS
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
 #: stop token; score 2: score exactly that token; train 2: fp32 master weights whatever the
-#: policy dtype; eval_generate 2: each generation has its own random numbers.
-STAGE_VERSIONS = {"sft": 2, "prompts": 1, "sample": 2, "judge": 1, "score": 2, "train": 2,
-                  "eval_generate": 2, "eval_compare": 1}
+#: policy dtype; eval_generate 2: each generation has its own random numbers; sample 3,
+#: eval_generate 3: the sampled token ids kept; score 3: scored as sampled, user text as text;
+#: judge 2, eval_compare 2: each failure says why; train 3: checkpoints saved with the parent's
+#: tokenizer, pad and use_cache (no pad token handed down); sft 3: saved with use_cache as the base.
+STAGE_VERSIONS = {"sft": 3, "prompts": 1, "sample": 3, "judge": 2, "score": 3, "train": 3,
+                  "eval_generate": 3, "eval_compare": 2}
 
 #: The split name of held-out validation data in node tables and paths (results/samples/r1/sval/...).
 VALIDATION_SPLIT = "val"

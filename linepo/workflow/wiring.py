@@ -78,6 +78,18 @@ class Wiring:
     def judge_shards(self, wildcards, resources) -> int:
         return shard_count(self.config["_execution"]["judge"], resources.gpu)
 
+    # -- failure limits: flags, not node ids (a raised limit re-judges nothing)
+    @property
+    def judge_failure_limit(self) -> float:
+        from linepo.stages.judges import DEFAULT_MAX_FAILED_FRACTION
+
+        return self.config["_execution"]["judge"].get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)
+
+    @property
+    def eval_failure_limit(self) -> float:
+        """The eval judge's own limit, else the training judge's (its judge defaults to that one)."""
+        return self.config["_execution"].get("evaluation", {}).get("max_failed_fraction", self.judge_failure_limit)
+
     def train_launch(self, wildcards, resources) -> str:
         """``--num-processes N`` (one per GPU of the job) and the accelerate config, for linepo train."""
         launch = f"--num-processes {shard_count({}, resources.gpu)}"

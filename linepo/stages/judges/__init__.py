@@ -12,7 +12,9 @@
 - ``reward_model`` (:mod:`.reward`): a Bradley–Terry reward model, P = σ(r_a − r_b).
 
 Each type's config keys are the fields of its settings dataclass (SyntheticSettings,
-PairwiseLMSettings, RewardModelSettings), plus ``type`` and the oracle coin's ``seed``.
+PairwiseLMSettings, RewardModelSettings), plus ``type``, the oracle coin's ``seed`` and
+``max_failed_fraction`` (default 0.05): a judging step whose share of failed comparisons
+is above it fails, naming why, instead of training on what is left.
 The protocol and the coin: :mod:`.base`. torch and transformers are imported only when an
 LM judge is built, so the synthetic path (and ``linepo --help``) starts fast.
 """
@@ -20,16 +22,17 @@ LM judge is built, so the synthetic path (and ``linepo --help``) starts fast.
 from __future__ import annotations
 
 from linepo.errors import InputError
-from linepo.stages.judges.base import Judge, JudgeError, comparison_uniform, config_seed, load_judge_config
+from linepo.stages.judges.base import (DEFAULT_MAX_FAILED_FRACTION, Judge, JudgeError, comparison_uniform,
+                                       config_failure_limit, config_seed, load_judge_config)
 from linepo.stages.judges.base import sample_outcomes
 from linepo.stages.judges.offsetbias import OFFSETBIAS_ANSWER_PREFIX, OFFSETBIAS_CHOICES, OFFSETBIAS_USER_TEMPLATE
 from linepo.stages.judges.synthetic import (DEFAULT_CATEGORIES, DEFAULT_FIRST_WORDS, DEFAULT_JUDGE_CONFIG, UNMATCHED,
                                             SyntheticJudge, SyntheticSettings)
 
 __all__ = [
-    "DEFAULT_CATEGORIES", "DEFAULT_FIRST_WORDS", "DEFAULT_JUDGE_CONFIG", "JUDGE_TYPES", "OFFSETBIAS_ANSWER_PREFIX",
-    "OFFSETBIAS_CHOICES", "OFFSETBIAS_USER_TEMPLATE", "UNMATCHED", "Judge", "JudgeError", "SyntheticJudge",
-    "SyntheticSettings", "comparison_uniform", "judge_settings", "load_judge_config", "make_judge", "sample_outcomes",
+    "DEFAULT_CATEGORIES", "DEFAULT_FIRST_WORDS", "DEFAULT_JUDGE_CONFIG", "DEFAULT_MAX_FAILED_FRACTION", "JUDGE_TYPES",
+    "OFFSETBIAS_ANSWER_PREFIX", "OFFSETBIAS_CHOICES", "OFFSETBIAS_USER_TEMPLATE", "UNMATCHED", "Judge", "JudgeError",
+    "SyntheticJudge", "SyntheticSettings", "comparison_uniform", "judge_settings", "load_judge_config", "make_judge", "sample_outcomes",
 ]
 
 
@@ -77,7 +80,7 @@ def make_judge(config: dict | None = None, *, source: str = "judge config") -> J
     judge_type = config.get("type")
     if judge_type not in JUDGE_TYPES:
         raise InputError(f"{source} key type: unknown judge type {judge_type!r}; known: {sorted(JUDGE_TYPES)}")
-    seed = config_seed(config, source)
+    seed, limit = config_seed(config, source), config_failure_limit(config, source)
     judge = JUDGE_TYPES[judge_type](config, source)
-    judge.seed = seed
+    judge.seed, judge.max_failed_fraction = seed, limit
     return judge

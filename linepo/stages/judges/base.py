@@ -21,6 +21,13 @@ from linepo.errors import InputError
 from linepo.settings import from_mapping
 
 
+#: the default ``max_failed_fraction``: a few failures (an over-long pair) pass, a judge that
+#: fails more is broken or misconfigured
+DEFAULT_MAX_FAILED_FRACTION = 0.05
+#: keys every judge config may have, read by the factory rather than by a judge type
+FACTORY_KEYS = ("type", "seed", "max_failed_fraction")
+
+
 class JudgeError(RuntimeError):
     """A judge produced something impossible (a probability outside [0, 1]): a bug, not bad input."""
 
@@ -36,6 +43,15 @@ class Judge:
     chunk_size = 100_000
     #: default seed of :meth:`judge` (a config's ``seed`` key)
     seed = 0
+    #: the share of failed comparisons above which a judging step fails (a config's
+    #: ``max_failed_fraction`` key): a judge that cannot answer must stop the run, not feed it ties
+    max_failed_fraction = DEFAULT_MAX_FAILED_FRACTION
+    #: why each comparison of the last :meth:`probabilities` call failed (None where it did not)
+    last_reasons: list = []
+
+    def failure_summary(self) -> str:
+        """One line on why this judge's comparisons failed so far (judges that can fail say more)."""
+        return "the judge gave no probability"
 
     def probabilities(self, prompts, responses_a, responses_b) -> tuple[np.ndarray, np.ndarray]:
         """``(prob_a_wins, failed)`` for each comparison; ``prob_a_wins`` is nan where failed.
@@ -46,10 +62,15 @@ class Judge:
                 comparison it did not mark failed (a bug in the judge, named in the message).
         """
         prompts, responses_a, responses_b = _same_length_lists(prompts, responses_a, responses_b)
+        self.last_reasons = [None] * len(prompts)
         if not prompts:
             return np.zeros(0), np.zeros(0, dtype=bool)
         prob, failed = self._probabilities(prompts, responses_a, responses_b)
-        return _checked(self.name, prob, failed, len(prompts))
+        prob, failed = _checked(self.name, prob, failed, len(prompts))
+        if len(self.last_reasons) != len(prompts):  # a judge that names no reasons
+            self.last_reasons = [None] * len(prompts)
+        self.last_reasons = [(reason or "failed") if f else None for reason, f in zip(self.last_reasons, failed)]
+        return prob, failed
 
     def judge(self, prompts, responses_a, responses_b, *, seed: int | None = None):
         """``(prob_a_wins, outcome, failed)``: :meth:`probabilities` plus the sampled outcomes."""
@@ -159,13 +180,20 @@ def load_judge_config(spec: str, *, option: str = "--judge-config") -> tuple[dic
 
 
 def read_settings(cls, config: dict, source: str):
-    """A judge type's settings dataclass from its config (``type`` and ``seed`` are the factory's).
+    """A judge type's settings dataclass from its config (the :data:`FACTORY_KEYS` are the factory's).
 
     Raises:
         InputError: "<source> key <k>: <problem>" for an unknown key or a bad value.
     """
-    values = {k: v for k, v in config.items() if k not in ("type", "seed")}
+    values = {k: v for k, v in config.items() if k not in FACTORY_KEYS}
     return from_mapping(cls, values, source=source)
+
+
+def config_failure_limit(config: dict, source: str) -> float:
+    value = config.get("max_failed_fraction", DEFAULT_MAX_FAILED_FRACTION)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InputError(f"{source} key max_failed_fraction: must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def config_seed(config: dict, source: str) -> int:

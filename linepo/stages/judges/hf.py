@@ -53,6 +53,28 @@ def device_and_dtype(settings: LMJudgeSettings, source: str) -> tuple:
     return device, name
 
 
+def require_chat_template(tokenizer, settings: LMJudgeSettings, source: str, model: str) -> None:
+    """An LM judge reads its input in its chat template: a folder without one (transformers 5
+    keeps it in ``chat_template.jinja``, which copy scripts miss) is refused, not used in another format.
+
+    Raises:
+        InputError: ``use_chat_template`` is on and the tokenizer has no chat template.
+    """
+    if settings.use_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise judge_error(source, "model", f"{model}: the tokenizer has no chat template (a missing "
+                          "chat_template.jinja?); set use_chat_template: false to judge in plain text")
+
+
+def template_sha256(tokenizer) -> str | None:
+    """sha256 of the tokenizer's chat template text (recorded with every judgment)."""
+    import hashlib
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    return hashlib.sha256(str(template).encode()).hexdigest()
+
+
 def load_error(source: str, model: str, err: Exception) -> InputError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return judge_error(source, "model", f"{model}: cannot load ({first})")
@@ -118,7 +140,8 @@ class ChatRenderer:
 
     The template is rendered once around a marker and then filled in by concatenation,
     which is much faster than Jinja per comparison; a probe checks this is exact for the
-    tokenizer's template, else every call renders through the template. Without a chat
+    tokenizer's template (messages with whitespace at an end, which a template may trim,
+    are rendered through it), else every call renders through the template. Without a chat
     template the text is :data:`linepo.stages.models.PLAIN_TEMPLATE` (after the system prompt) and
     a space, so the forced answer reads "Assistant: Output (".
     """
@@ -134,7 +157,9 @@ class ChatRenderer:
             rendered = self._template(self._MARKER)
             if rendered.count(self._MARKER) == 1:
                 self.parts = tuple(rendered.split(self._MARKER))
-                probe = "Probe: x\n\n  y {z}\n"
+                # Inner whitespace and braces; none at the ends, which templates may trim
+                # (Llama-3's does): such messages take the slow path in __call__.
+                probe = "Probe: x\n\n  y {z}\n end"
                 if self.parts[0] + probe + self.parts[1] != self._template(probe):
                     self.parts = None
 
@@ -149,7 +174,7 @@ class ChatRenderer:
 
             system = f"{self.system_prompt}\n\n" if self.system_prompt else ""
             return system + PLAIN_TEMPLATE.format(prompt=user) + " "
-        if self.parts is not None:
+        if self.parts is not None and user == user.strip():
             return self.parts[0] + user + self.parts[1]
         return self._template(user)
 

@@ -9,8 +9,10 @@ import numpy as np
 from linepo.settings import setting
 from linepo.stages.judges.base import Judge, read_settings
 from linepo.stages.judges.hf import (ChatRenderer, LMJudgeSettings, batches, device_and_dtype, judge_error,
-                                     load_causal_lm, model_source, pad_id, water_fill)
+                                     load_causal_lm, model_source, pad_id, require_chat_template, template_sha256,
+                                     water_fill)
 from linepo.stages.judges.offsetbias import OFFSETBIAS_ANSWER_PREFIX, OFFSETBIAS_CHOICES, OFFSETBIAS_USER_TEMPLATE
+from linepo.stages.text import encode_rendered, encode_text, marker, spells_a_special_token
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class PairwiseLMJudge(Judge):
         self.overhead = len(self._encode_texts([self._conversation("", "", "")])[0]) + len(self.forced_ids)
         self._head = self._tokenized_head()
         self.failures = 0  # comparisons failed over this judge's lifetime
+        self._low_masses: list[float] = []  # answer masses below min_answer_mass, over its lifetime
+        self._too_long = 0
+        self._masses = np.zeros(0)
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> PairwiseLMJudge:
@@ -104,6 +109,7 @@ class PairwiseLMJudge(Judge):
             raise judge_error(source, "choices", f"must be two different non-empty strings, got {choices!r}")
         device, dtype = device_and_dtype(s, source)
         lm, tokenizer = load_causal_lm(source, model, s.trust_remote_code, device, dtype)
+        require_chat_template(tokenizer, s, source, model)
         try:
             judge = cls(lm, tokenizer, batch_size=s.batch_size, max_length=s.max_length,
                         min_answer_mass=s.min_answer_mass, user_template=template, system_prompt=s.system_prompt,
@@ -120,6 +126,10 @@ class PairwiseLMJudge(Judge):
 
     def _conversation(self, instruction: str, first: str, second: str) -> str:
         return self.renderer(self.user_template.format(input=instruction, output_1=first, output_2=second))
+
+    def describe(self) -> dict:
+        """What the judgments file records of this judge beyond its config: the chat template used."""
+        return {"chat_template_sha256": template_sha256(self.tokenizer) if self.renderer.templated else None}
 
     def format_prompt(self, instruction: str, first: str, second: str) -> str:
         """The exact text the judge reads for Output (a) = first, Output (b) = second."""
@@ -154,14 +164,24 @@ class PairwiseLMJudge(Judge):
         return head, head_ids
 
     def _encode_conversations(self, triples: list[tuple[str, str, str]]) -> list[list[int]]:
-        """Token ids of each (instruction, first, second) conversation, without the forced answer."""
-        texts = [self._conversation(*t) for t in triples]
+        """Token ids of each (instruction, first, second) conversation, without the forced answer.
+
+        The instruction and the responses are encoded as text: a response spelling
+        ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>`` cannot end the judge's
+        user turn and answer for it (:mod:`linepo.stages.text`).
+        """
+        encoded: list[list[int]] = [[] for _ in triples]
+        spelled = [i for i, t in enumerate(triples) if any(spells_a_special_token(self.tokenizer, x) for x in t)]
+        for i in spelled:
+            encoded[i] = self._encode_as_text(*triples[i])
+        plain = [i for i in range(len(triples)) if i not in set(spelled)]
+        texts = {i: self._conversation(*triples[i]) for i in plain}
         if self._head is None:
-            return self._encode_texts(texts)
-        head, head_ids = self._head
-        cached = [i for i, t in enumerate(triples) if t[0][:1].isalnum()]
-        whole = [i for i, t in enumerate(triples) if not t[0][:1].isalnum()]
-        encoded: list[list[int]] = [[] for _ in texts]
+            cached, whole = [], plain
+        else:
+            head, head_ids = self._head
+            cached = [i for i in plain if triples[i][0][:1].isalnum()]
+            whole = [i for i in plain if not triples[i][0][:1].isalnum()]
         if cached:
             tails = self.tokenizer([texts[i][len(head):] for i in cached], add_special_tokens=False)["input_ids"]
             for i, ids in zip(cached, tails):
@@ -171,9 +191,15 @@ class PairwiseLMJudge(Judge):
                 encoded[i] = ids
         return encoded
 
+    def _encode_as_text(self, instruction: str, first: str, second: str) -> list[int]:
+        """One conversation with its three texts encoded as text, the template around them as tokens."""
+        user = self.user_template.format(input=marker(0), output_1=marker(1), output_2=marker(2))
+        return encode_rendered(self.tokenizer, self.renderer(user), [instruction, first, second],
+                               add_special_tokens=self.renderer.add_special_tokens)
+
     def _truncated(self, instruction: str, first: str, second: str) -> list[int] | None:
         """Token ids of the prompt cut to ``max_length`` in its texts, or None if it cannot be."""
-        pieces = [self.tokenizer.encode(t, add_special_tokens=False) for t in (instruction, first, second)]
+        pieces = [encode_text(self.tokenizer, t) for t in (instruction, first, second)]
         budget = self.max_length - self.overhead - 4  # slack: tokens may merge across the cuts
         for _ in range(4):
             floor = min(64, max(budget, 0) // 4)
@@ -182,7 +208,7 @@ class PairwiseLMJudge(Judge):
             caps = [instruction_cap] + water_fill([len(pieces[1]), len(pieces[2])], budget - instruction_cap)
             texts = [self.tokenizer.decode(p[:c]) if c < len(p) else t
                      for p, c, t in zip(pieces, caps, (instruction, first, second))]
-            ids = self._encode_texts([self._conversation(*texts)])[0] + self.forced_ids
+            ids = self._encode_conversations([tuple(texts)])[0] + self.forced_ids
             if len(ids) <= self.max_length:
                 return ids
             budget -= len(ids) - self.max_length
@@ -197,6 +223,7 @@ class PairwiseLMJudge(Judge):
         n = len(sequences)
         p_first = np.full(n, np.nan)
         failed = np.ones(n, dtype=bool)
+        self._masses = np.full(n, np.nan)  # p(a) + p(b) at the answer, for failure reasons
         runnable = [i for i, s in enumerate(sequences) if s is not None]
         if not runnable:
             return p_first, failed
@@ -219,8 +246,30 @@ class PairwiseLMJudge(Judge):
         with np.errstate(over="ignore", invalid="ignore"):
             p = 1.0 / (1.0 + np.exp(logp[:, 1] - logp[:, 0]))
         p_first[rows] = p
+        self._masses[rows] = mass
         failed[rows] = ~(np.isfinite(mass) & (mass >= self.min_answer_mass) & np.isfinite(p))
         return p_first, failed
+
+    def _reason(self, sequence_index: int, sequences) -> str:
+        """Why one judged sequence failed, in words a user can act on."""
+        if sequences[sequence_index] is None:
+            return f"too long: does not fit judge.max_length {self.max_length} even cut"
+        mass = self._masses[sequence_index]
+        if not np.isfinite(mass):
+            return "non-finite logits at the answer"
+        return f"p(a)+p(b) = {mass:.3g} < judge.min_answer_mass {self.min_answer_mass:g}"
+
+    def failure_summary(self) -> str:
+        """Why this judge's comparisons failed so far: the mean answer mass of those below the
+        threshold (a judge that does not answer "a" or "b" there: a wrong model, template or
+        answer prefix), and how many were too long."""
+        parts = []
+        if self._low_masses:
+            parts.append(f"mean p(a)+p(b) = {np.mean(self._low_masses):.2g} < judge.min_answer_mass = "
+                         f"{self.min_answer_mass:g} on {len(self._low_masses)} judged sequences")
+        if self._too_long:
+            parts.append(f"{self._too_long} sequences do not fit judge.max_length {self.max_length}")
+        return "; ".join(parts) or "non-finite logits at the answer"
 
     def _probabilities(self, prompts, responses_a, responses_b):
         n = len(prompts)
@@ -243,13 +292,21 @@ class PairwiseLMJudge(Judge):
             ids = ids + self.forced_ids
             sequences.append(ids if len(ids) <= self.max_length else self._truncated(*triple))
         p_first, seq_failed = self._first_choice_probs(sequences)
+        reasons: list = [None] * n
+        for k in np.flatnonzero(seq_failed):
+            if sequences[k] is None:
+                self._too_long += 1
+            elif np.isfinite(self._masses[k]):
+                self._low_masses.append(float(self._masses[k]))
         for i, (xy, yx) in pair_of.items():
             if seq_failed[xy] or seq_failed[yx]:
                 failed[i] = True
+                reasons[i] = self._reason(xy if seq_failed[xy] else yx, sequences)
                 continue
             p = 0.5 * (p_first[xy] + (1.0 - p_first[yx]))
             prob[i] = 1.0 - p if swapped[i] else p
         self.failures += int(failed.sum())
+        self.last_reasons = reasons
         return prob, failed
 
 

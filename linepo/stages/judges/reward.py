@@ -9,7 +9,8 @@ import numpy as np
 from linepo.settings import setting
 from linepo.stages.judges.base import Judge, read_settings
 from linepo.stages.judges.hf import (LMJudgeSettings, batches, device_and_dtype, judge_error, load_error,
-                                     model_source, pad_id)
+                                     model_source, pad_id, require_chat_template, template_sha256)
+from linepo.stages.text import encode_rendered, marker
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,17 @@ class RewardModelJudge(Judge):
             raise load_error(source, model, err) from err
         if rm.config.num_labels != 1:
             raise judge_error(source, "model", f"{model}: a reward model needs num_labels = 1, not {rm.config.num_labels}")
+        require_chat_template(tokenizer, s, source, model)
         rm.to(device).eval()
         return cls(rm, tokenizer, batch_size=s.batch_size, max_length=s.max_length,
                    use_chat_template=s.use_chat_template, device=device)
+
+    def failure_summary(self) -> str:
+        return "the reward model gave a non-finite reward"
+
+    def describe(self) -> dict:
+        """What the judgments file records of this judge beyond its config: the chat template used."""
+        return {"chat_template_sha256": template_sha256(self.tokenizer) if self.templated else None}
 
     def format_text(self, prompt: str, response: str) -> str:
         """The exact text the reward model scores."""
@@ -70,22 +79,33 @@ class RewardModelJudge(Judge):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
 
+    def encode(self, prompt: str, response: str) -> list[int]:
+        """The token ids the reward model scores: prompt and response as text, cut to max_length."""
+        if self.templated:
+            messages = [{"role": "user", "content": marker(0)}, {"role": "assistant", "content": marker(1)}]
+            rendered = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            if rendered.replace(marker(0), prompt).replace(marker(1), response) != self.format_text(prompt, response):
+                prompt, response = prompt.strip(), response.strip()  # a template that trims its contents
+        else:
+            rendered = f"{marker(0)}\n\n{marker(1)}"
+        ids = encode_rendered(self.tokenizer, rendered, [prompt, response], add_special_tokens=not self.templated)
+        return ids[: self.max_length]
+
     def rewards(self, prompts, responses) -> np.ndarray:
         """The reward r(prompt, response) of each pair (float64; nan if not finite)."""
         import torch
 
-        texts = [self.format_text(p, r) for p, r in zip(prompts, responses)]
-        encoded = self.tokenizer(texts, add_special_tokens=not self.templated, truncation=True,
-                                 max_length=self.max_length)["input_ids"]
-        rewards = np.full(len(texts), np.nan)
+        prompts, responses = list(prompts), list(responses)
+        rewards = np.full(len(prompts), np.nan)
+        if not prompts:  # nothing to score (e.g. every comparison of a batch had identical texts)
+            return rewards
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
         # Pool at the last position ourselves when the model has the usual ``score`` head:
         # left padding puts every sequence's last token there, even if it equals the pad id.
         base = getattr(self.model, getattr(self.model, "base_model_prefix", ""), None)
         manual = base is not None and hasattr(self.model, "score")
         if not manual and self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.pad_id
-        if not texts:
-            return rewards
         rows, results = [], []
         with torch.inference_mode():
             for indices, ids, mask, positions in batches(encoded, self.batch_size, self.pad_id, self.device):
@@ -108,6 +128,7 @@ class RewardModelJudge(Judge):
         rewards = self.rewards([p for p, _ in unique], [r for _, r in unique])
         diff = rewards[ia] - rewards[ib]
         failed = ~np.isfinite(diff)
+        self.last_reasons = ["non-finite reward" if f else None for f in failed]
         with np.errstate(over="ignore"):
             prob = 1.0 / (1.0 + np.exp(-np.where(failed, 0.0, diff)))
         self.failures += int(failed.sum())

@@ -239,3 +239,19 @@ def _best_checkpoints_callback(training):
         pass
 
     return BestCheckpointsCallback(training)
+
+
+def _as_saved(source, model, *, trust_remote_code: bool = False):
+    """``source``'s tokenizer as ``from_pretrained`` gives it; ``model``'s generation config gets
+    back the pad and EOS ids ``source`` saved (None where none), undoing load_policy's defaults."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if getattr(model, "generation_config", None) is not None:
+        try:
+            saved = GenerationConfig.from_pretrained(source)
+        except OSError:  # no generation_config.json: from_pretrained derived it from config.json
+            saved = GenerationConfig.from_model_config(model.config)
+        for key in ("pad_token_id", "eos_token_id"):
+            setattr(model.generation_config, key, getattr(saved, key, None))
+    return tokenizer

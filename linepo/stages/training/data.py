@@ -50,7 +50,9 @@ def pair_features(tokenizer, table, max_length: int) -> list[dict]:
                               chosen_finished=table.column("chosen_finished").to_pylist(),
                               rejected_finished=table.column("rejected_finished").to_pylist(),
                               chosen_stop=table.column("chosen_stop_token_id").to_pylist(),
-                              rejected_stop=table.column("rejected_stop_token_id").to_pylist())
+                              rejected_stop=table.column("rejected_stop_token_id").to_pylist(),
+                              chosen_ids=table.column("chosen_token_ids").to_pylist(),
+                              rejected_ids=table.column("rejected_token_ids").to_pylist())
     columns = {name: table.column(name).to_pylist() for name in _FLOAT_COLUMNS}
     for i, feature in enumerate(features):
         feature.update({name: float(values[i]) for name, values in columns.items()})

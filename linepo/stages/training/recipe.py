@@ -33,8 +33,8 @@ from pathlib import Path
 
 from linepo.errors import InputError
 from linepo.stages.training.checkpoints import (FINGERPRINT_FILE, SELECTION_FILE, BestCheckpoints,
-                                                _best_checkpoints_callback, _checkpoint_step, _clear_side_folder,
-                                                fingerprint, latest_checkpoint)
+                                                _as_saved, _best_checkpoints_callback, _checkpoint_step,
+                                                _clear_side_folder, fingerprint, latest_checkpoint)
 from linepo.stages.training.data import PairCollator, pair_features, read_scored
 from linepo.stages.training.settings import TrainSettings, world_size
 from linepo.stages.training.trainer import _log_callback, _trainer_class
@@ -87,7 +87,8 @@ class PreferenceTraining:
         self.settings = settings
         self.callbacks = list(callbacks)
         self.trainer = None
-        self.tokenizer = None
+        self.tokenizer = None  # the parent's tokenizer as it was saved: what the trained policy is saved with
+        self.pad_token_id: int | None = None  # what batches are padded with (the EOS when the parent has no pad)
         self.resume_from: Path | None = None
         self.stats: dict = {}
 
@@ -97,9 +98,9 @@ class PreferenceTraining:
         self._check_paths()
         table = read_scored(self.scored)
         held_out = read_scored(self.validation, option="--validation") if self.validation else None
-        self.model, self.tokenizer = self._load_policy()
-        features = pair_features(self.tokenizer, table, self.settings.max_length)
-        eval_features = pair_features(self.tokenizer, held_out, self.settings.max_length) if held_out else None
+        self.model, tokenizer = self._load_policy()
+        features = pair_features(tokenizer, table, self.settings.max_length)
+        eval_features = pair_features(tokenizer, held_out, self.settings.max_length) if held_out else None
         args = self._training_arguments()  # sets up torch.distributed under a launcher
         if args.world_size != world_size():
             raise InputError(f"WORLD_SIZE={world_size()} but the Trainer sees {args.world_size} process(es); "
@@ -111,7 +112,7 @@ class PreferenceTraining:
             args=args,
             train_dataset=features,
             eval_dataset=eval_features,
-            data_collator=PairCollator(self.tokenizer.pad_token_id),
+            data_collator=PairCollator(self.pad_token_id),
             loss_name=self.settings.loss,
             eta=float(self.settings.eta),
             tau=float(self.settings.tau),
@@ -143,15 +144,23 @@ class PreferenceTraining:
             raise InputError(f"--resume-dir {self.resume_dir}: must lie outside --out {self.out} (and not contain it)")
 
     def _load_policy(self):
-        from linepo.stages.models import load_policy
+        """``(model, tokenizer)`` as load_policy readies them for batched generation (a pad token,
+        the EOS when there is none; left padding; pad and EOS ids in the generation config), to
+        tokenise with; batches need only ``self.pad_token_id``. What is saved keeps the parent's
+        own tokenizer and generation config (:func:`.checkpoints._as_saved`): no pad token is handed down."""
+        from linepo.stages.models import load_policy, resolve_policy
 
         # The parent is upcast to the master dtype whatever dtype it was saved in; bf16 autocast
         # (settings.bf16) then runs the matmuls in bf16 while AdamW updates fp32 weights.
         model, tokenizer = load_policy(self.policy, trust_remote_code=self.settings.trust_remote_code,
                                        dtype=self.settings.master_dtype)
+        self.pad_token_id = tokenizer.pad_token_id
+        self.tokenizer = _as_saved(resolve_policy(self.policy), model,
+                                   trust_remote_code=self.settings.trust_remote_code)
         _disable_dropout(model)
-        if getattr(model.config, "use_cache", None):
-            model.config.use_cache = False
+        self.parent_use_cache = getattr(model.config, "use_cache", None)
+        if self.parent_use_cache:
+            model.config.use_cache = False  # no KV cache while training; saved checkpoints get it back
         return model, tokenizer
 
     def _training_arguments(self):
@@ -296,18 +305,28 @@ class PreferenceTraining:
         return self.out
 
     def save_weights(self, folder: Path) -> None:
-        """The current weights (and tokenizer) as a policy folder, atomically; every process calls it."""
-        trainer = self.trainer
-        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-            self._save_sharded(folder)
-        elif trainer.args.should_save:
-            from linepo.stages.models import save_policy
+        """The current weights (and tokenizer) as a policy folder, atomically; every process calls it.
 
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            was_training = model.training
-            model.eval()
-            save_policy(model, self.tokenizer, folder)
-            model.train(was_training)
+        The config is saved as the parent's (``use_cache`` as it was, not training's False).
+        """
+        trainer = self.trainer
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        training_use_cache = getattr(model.config, "use_cache", None)
+        if training_use_cache is not None and getattr(self, "parent_use_cache", None) is not None:
+            model.config.use_cache = self.parent_use_cache
+        try:
+            if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+                self._save_sharded(folder)
+            elif trainer.args.should_save:
+                from linepo.stages.models import save_policy
+
+                was_training = model.training
+                model.eval()
+                save_policy(model, self.tokenizer, folder)
+                model.train(was_training)
+        finally:
+            if training_use_cache is not None:
+                model.config.use_cache = training_use_cache
         trainer.accelerator.wait_for_everyone()
 
     def _save_sharded(self, folder: Path) -> None:
