@@ -164,11 +164,15 @@ def test_the_judge_reads_the_offsetbias_prompt_in_the_llama3_template(run, model
 
 def test_failed_judgments_are_counted_honestly(run, models, tmp_path):
     """The default min_answer_mass fails every comparison of a random 128k-vocabulary judge: counted, never a coin."""
-    from linepo.stages.preferences import judge_samples
+    from linepo.stages.preferences import JudgeFailed, judge_samples
 
     directory, _ = run
     samples = next(directory.glob("results/samples/r1/s0/*.parquet"))
-    stats = judge_samples(samples, {"type": "pairwise_lm", "model": str(models / "judge")}, tmp_path / "j.parquet")
+    judge = {"type": "pairwise_lm", "model": str(models / "judge")}
+    with pytest.raises(JudgeFailed, match=r"comparisons failed .*min_answer_mass.*nothing written"):
+        judge_samples(samples, judge, tmp_path / "refused.parquet")  # the default limit stops the step
+    assert not (tmp_path / "refused.parquet").exists()
+    stats = judge_samples(samples, {**judge, "max_failed_fraction": 1.0}, tmp_path / "j.parquet")
     table = read_table(tmp_path / "j.parquet", "judgments").to_pylist()
     differing = [r for r in table if r["prob_a_wins"] is None]
     assert stats["failed"] == len(differing) > 0 and all(r["failed"] and r["outcome"] is None for r in differing)
