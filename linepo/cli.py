@@ -25,7 +25,7 @@ import sys
 import textwrap
 
 from linepo import commands
-from linepo.errors import InputError
+from linepo.errors import InputError, disk_full_message
 
 
 #: width of the texts pre-wrapped for RawDescriptionHelpFormatter
@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except InputError as err:
         print(f"linepo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        full = disk_full_message(err)  # a full disk is one line, not a traceback
+        if full is None:
+            raise
+        print(f"linepo {args.command}: error: {full}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -14,7 +14,10 @@ not match with a message naming the file and the column.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,11 +130,51 @@ def schema(kind: str, metadata: dict | None = None) -> pa.Schema:
     return pa.schema(fields, metadata=encoded)
 
 
+def _temporary_names(name: str) -> re.Pattern:
+    """The names of the temporaries that linepo's atomic writers create beside an output ``name``:
+    ``.NAME.<8 chars>.tmp`` (``atomic_path``'s mkstemp, ``save_policy``'s and the selection
+    install's mkdtemp), ``.NAME.old-<pid>`` (``save_policy``'s previous folder),
+    ``.NAME.shards-<8 chars>`` (sharded sample/judge) and ``.NAME.saving`` (DeepSpeed/FSDP save).
+    ``NAME.partial`` (the resume side folder) and other outputs' temporaries never match."""
+    random = "[a-z0-9_]{8}"  # tempfile's random name: 8 characters of [a-z0-9_]
+    return re.compile(rf"\.{re.escape(name)}\.(?:{random}\.tmp|old-[0-9]+|shards-{random}|saving)")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer of ``path`` left beside it (a policy's temp folder is GBs).
+
+    Called by each writer before it makes its own temporary: Snakemake's lock lets one job at a
+    time write an output, so any temporary of ``path`` found then is a dead writer's, which
+    ``--rerun-incomplete`` never removes. Returns what was removed (each one logged).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _temporary_names(path.name)
+    removed = []
+    for stale in sorted(path.parent.iterdir()):
+        if not pattern.fullmatch(stale.name):
+            continue
+        try:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except FileNotFoundError:  # another process of the same job got there first
+            continue
+        logging.getLogger(__name__).warning("removed stale temporary %s (left by a killed job)", stale)
+        removed.append(stale)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A temporary that a killed writer of ``path`` left is removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -159,9 +202,19 @@ def to_table(rows, kind: str, metadata: dict | None = None) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=target)
 
 
-def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None = None) -> Path:
-    """Write rows as a parquet file of ``kind`` atomically; returns the path."""
+def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None = None, inputs=None) -> Path:
+    """Write rows as a parquet file of ``kind`` atomically; returns the path.
+
+    The metadata also records the table's provenance (:mod:`linepo.provenance`): the sha256
+    of its data and its rows, which :func:`read_table` checks, and ``inputs`` (the paths of
+    the artefacts it was made from, as given) with their digests, which ``linepo verify`` checks.
+    """
+    from linepo.provenance import table_record
+
     table = to_table(rows, kind, metadata)
+    encoded = json.loads(table.schema.metadata[b"linepo"])
+    encoded["provenance"] = table_record(table, inputs)  # replaces a record copied from a shard's metadata
+    table = table.replace_schema_metadata({b"linepo": json.dumps(encoded, sort_keys=True).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(path)
@@ -174,7 +227,8 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     hand-made samples file) reads as all null.
 
     Raises:
-        InputError: the file is missing, not parquet (corrupted), or a required column is
+        InputError: the file is missing, not parquet (corrupted), its data is not what its
+            recorded digest says (changed after it was written), or a required column is
             missing or a column has the wrong type; the message names the file and the column.
     """
     path = Path(path)
@@ -184,6 +238,9 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{path}: not a readable parquet file ({err})") from err
+    from linepo.provenance import check_table
+
+    check_table(path, table, _provenance(table))  # a file rewritten after it was written (rows cut, values changed)
     expected = schema(kind)
     for field in expected:
         if field.name not in table.column_names:
@@ -197,10 +254,21 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     return table.select(expected.names)
 
 
+def _provenance(table: pa.Table) -> dict | None:
+    try:
+        recorded = json.loads((table.schema.metadata or {}).get(b"linepo", b"{}")).get("provenance")
+    except (ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The JSON metadata that :func:`write_table` stored in a file (``{}`` if none)."""
+    """The JSON metadata that :func:`write_table` stored in a file (``{}`` if none), its
+    provenance record left out (:func:`linepo.provenance.recorded_provenance` reads that)."""
     raw = pq.read_schema(path).metadata or {}
-    return json.loads(raw.get(b"linepo", b"{}"))
+    metadata = json.loads(raw.get(b"linepo", b"{}"))
+    metadata.pop("provenance", None)
+    return metadata
 
 
 #: Evaluation outputs that are not parquet: (path, format, content), for docs/artefacts.md.
@@ -226,6 +294,9 @@ OTHER_ARTEFACTS = [
     ("results/summary/win_rates_counts.csv", "CSV", "judged/failed comparisons per cell (e.g. 800/3), diagonal '-'"),
     ("results/summary/win_rates.png", "PNG", "heatmap of the matrix with SEs, failure counts, missing cells grey, "
      "and the Avg column"),
+    ("results/policies/r<r>/s<s>/<id>/model/linepo_provenance.json", "JSON",
+     "sha256 of each file of the policy folder (weights, config, tokenizer) and of the artefacts it was made "
+     "from; checked whenever the folder is loaded, and by `linepo verify` (also in results/sft/<id>/model)"),
     ("results/policies/r<r>/s<s>/<id>/model/linepo_selection.json", "JSON",
      "with validation: the validation loss at each evaluated step, the step kept and the last step"),
     ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens"),

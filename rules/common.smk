@@ -6,11 +6,13 @@ import sys
 from linepo.errors import InputError
 from linepo.workflow.cluster import STAGES, stage_resources
 from linepo.workflow.config import validate_config
+from linepo.workflow.inputs import check_config_files, workflow_config_files
 from linepo.workflow.plan import Plan
 from linepo.workflow.preflight import check_environment, outputs_to_run, record_outputs, warn_on_config_switch
 from linepo.workflow.wiring import ID, NAME, Wiring, checked, cli_flags, node_seed
 
 try:
+    check_config_files(workflow_config_files(workflow))  # a key given twice: Snakemake's YAML keeps the last
     config = validate_config(config)
     WIRING = Wiring(config)
     if workflow.is_main_process and getattr(workflow, "check_envvars", True):  # not in jobs' own snakemake, nor --lint
@@ -32,6 +34,7 @@ EVAL = WIRING.eval
 PATHS = Plan.TEMPLATES
 POLICY = config["policy"]
 REMOTE_CODE = WIRING.remote_code
+IMPORT_FLAGS = WIRING.import_flags  # REMOTE_CODE, plus --allow-pickle-weights when the config opts in
 RUNTIME = WIRING.runtime
 
 # Node ids are 12 hex digits, names are config keys; a path can then only match its own rule.

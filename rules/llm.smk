@@ -43,7 +43,7 @@ elif POLICY["sft"] == "build":
                                  if k not in ("base", "data", "split", "messages_column")}, sort_keys=True),
             split=f"--split {POLICY['build']['split']}" if POLICY["build"]["split"] else "",
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
-            remote_code=REMOTE_CODE,
+            remote_code=IMPORT_FLAGS,
         log:
             "logs/sft/{sft}.log",
         benchmark:
@@ -68,7 +68,7 @@ else:
             source=POLICY["sft"],
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
             dtype=POLICY["dtype"],
-            remote_code=REMOTE_CODE,
+            remote_code=IMPORT_FLAGS,
         log:
             "logs/sft/{sft}.log",
         benchmark:
@@ -84,7 +84,7 @@ rule prompt_splits:
         expand(PATHS["prompt_split"].replace("{prompts}", "{{prompts}}"), split=range(PLAN.num_splits)),
     params:
         prompts=config["prompts"],
-        flags=cli_flags(config["prompts"], ["split", "prompt_column", "max_prompts"]),
+        flags=cli_flags(config["prompts"], ["split", "prompt_column", "max_prompts", "max_prompt_chars"]),
     log:
         "logs/prompts/{prompts}.log",
     resources:
@@ -112,7 +112,8 @@ rule validation_prompts:
         PATHS["validation_prompts"],
     params:
         prompts=config["validation"]["prompts"],
-        flags=cli_flags(config["validation"]["prompts"], ["split", "prompt_column", "max_prompts", "name"]),
+        flags=cli_flags(config["validation"]["prompts"], ["split", "prompt_column", "max_prompts", "max_prompt_chars",
+                                                          "name"]),
     log:
         "logs/prompts/val-{prompts}.log",
     localrule: True

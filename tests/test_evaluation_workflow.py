@@ -177,21 +177,20 @@ def test_bad_evaluation_config_fails_before_any_job_in_one_line(workdir, edit, m
     assert dry_run(workdir) == []
 
 
-def test_an_eval_prompt_file_without_instructions_fails_before_generating_or_judging(workdir, tmp_path):
+def test_an_eval_prompt_file_without_instructions_fails_at_plan_time(workdir, tmp_path):
+    """Counted when the config is validated (linepo.workflow.inputs): one line naming the config
+    key, before any job, rather than a failed prompts job whose log names a CLI flag."""
     bad = tmp_path / "alpaca_eval.json"
     bad.write_text(json.dumps([{"question": "What is 2+2?", "dataset": "x"}]))
     edit_config(workdir, lambda c: c["eval_prompts"].update(source=str(bad)))
     try:
-        config = validate_config(yaml.safe_load((workdir / "config.yaml").read_text()))
-        prompts_id = build_plan(config).eval_prompts
-        before = sorted((workdir / "results/eval").rglob("*"))
-        result = snakemake(workdir, "--cores", "1")
+        before = sorted((workdir / "results").rglob("*"))
+        result = snakemake(workdir, "-n")
         assert result.returncode != 0
-        message = (workdir / f"logs/prompts/eval-{prompts_id}.log").read_text().strip()
-        assert not (workdir / f"results/prompts/eval-{prompts_id}.parquet").exists()
-        assert "\n" not in message and "instruction" in message and str(bad) in message
-        assert sorted((workdir / "results/eval").rglob("*")) == before  # nothing generated or judged
-        assert "rule eval_generate" not in result.stdout and "rule eval_compare" not in result.stdout
+        lines = [line for line in result.stderr.splitlines() if line.startswith("linepo:")]
+        assert len(lines) == 1 and f"config key eval_prompts.source: {bad}: no prompt" in lines[0], result.stderr[-2000:]
+        assert "eval_prompts.prompt_column" in lines[0] and "rule " not in result.stdout
+        assert sorted((workdir / "results").rglob("*")) == before  # nothing written
     finally:
         edit_config(workdir, lambda c: c["eval_prompts"].update(source="embedded"))
     assert dry_run(workdir) == []

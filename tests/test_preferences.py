@@ -198,7 +198,8 @@ def test_synthetic_tournament_picks_by_the_paper_game():
 def test_judge_and_pairs_commands_are_byte_deterministic(samples_file, tmp_path, capsys):
     outs = []
     for run in range(2):
-        j, p = tmp_path / f"judgments{run}.parquet", tmp_path / f"prefs{run}.parquet"
+        # the same paths both times: an output records the paths of its inputs
+        j, p = tmp_path / "judgments0.parquet", tmp_path / "prefs0.parquet"
         assert main(["judge", "--samples", str(samples_file), "--out", str(j), "--seed", "5", "--no-progress"]) == 0
         assert main(["pairs", "--samples", str(samples_file), "--judgments", str(j), "--out", str(p),
                      "--selection", "first_vs_second", "--use-outcomes"]) == 0

@@ -7,6 +7,7 @@ uninterrupted run.
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -82,22 +83,36 @@ def test_adding_linepo_next_to_inpo_plans_only_the_steps_after_the_reference_mov
 
 
 def sha256_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every entry under ``root``, hidden files and empty folders included (a leftover temporary shows)."""
+    return {str(p.relative_to(root)): "folder" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+#: the names of linepo's temporaries (linepo.schemas.remove_stale_temporaries)
+TEMPORARY = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp|old-[0-9]+|shards-[a-z0-9_]{8}|saving)$")
 
 
 def test_sigkill_mid_training_then_rerun_incomplete_matches_an_uninterrupted_run(tmp_path):
+    """Also: a second run is refused while the first holds the lock; the killed job's stale
+    temporaries are removed by its rerun; the reference runs with --cores 2, the interrupted
+    run with --cores 1 (the same bytes either way)."""
     # Long enough training (many 1-pair steps, a checkpoint after each) to be killed mid-way.
     overrides = {"training": {"epochs": 6, "batch_size": 1, "learning_rate": 5.0e-4, "save_steps": 2},
                  "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 1}}}
     reference = tiny_workflow(tmp_path / "reference", **overrides)
     interrupted = tiny_workflow(tmp_path / "interrupted", **overrides)
     target = "results/runs/inpo/steps.tsv"
-    assert snakemake(reference, target, "--cores", "1").returncode == 0
+    assert snakemake(reference, target, "--cores", "2").returncode == 0
 
     process = subprocess.Popen(["snakemake", target, "--cores", "1"], cwd=interrupted,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
+    while not list(interrupted.glob(".snakemake/locks/*")):
+        assert process.poll() is None and time.time() < deadline, "the run never locked its directory"
+        time.sleep(0.2)
+    second = snakemake(interrupted, target, "--cores", "1")  # a concurrent run of the same jobs: refused
+    assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr, second.stderr[-2000:]
+    assert process.poll() is None, "the first run ended while the second was refused"
     while time.time() < deadline:
         states = list(interrupted.glob("results/policies/r1/s0/*/model.partial/checkpoint-*/trainer_state.json"))
         if states:
@@ -107,6 +122,11 @@ def test_sigkill_mid_training_then_rerun_incomplete_matches_an_uninterrupted_run
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not list(interrupted.glob("results/policies/r1/s1/*/model"))
+    # What a kill inside that job's save_policy leaves (tests/test_faults.py makes them for real).
+    killed = next(interrupted.glob("results/policies/r1/s0/*/model.partial")).parent
+    (killed / ".model.k1ll3d_x.tmp").mkdir()
+    (killed / ".model.k1ll3d_x.tmp" / "model.safetensors").write_bytes(b"\0" * 2**20)
+    (killed / ".model.old-4242").mkdir()
 
     # What a user does after a kill: release Snakemake's lock, then rerun the incomplete job.
     assert snakemake(interrupted, "--unlock").returncode == 0
@@ -115,8 +135,11 @@ def test_sigkill_mid_training_then_rerun_incomplete_matches_an_uninterrupted_run
     log = next(interrupted.glob("logs/policies/r1/s0/*.log")).read_text()
     resumed = int(log.split("(resumed at ")[1].split(")")[0])
     assert resumed > 0, log[-2000:]
+    stale = killed.relative_to(interrupted) / ".model.k1ll3d_x.tmp"  # the job's --out is relative
+    assert f"removed stale temporary {stale} (left by a killed job)" in log, log[-2000:]
     assert sha256_tree(interrupted / "results") == sha256_tree(reference / "results")
     assert not list(interrupted.glob("results/policies/**/model.partial"))
+    assert not [p for p in interrupted.rglob("*") if TEMPORARY.match(p.name)]
 
 
 def test_validation_pairs_are_their_own_nodes_and_pick_each_steps_checkpoint(tmp_path):

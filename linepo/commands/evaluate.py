@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     report.add_argument("--seed", type=int, default=0)
     report.add_argument("--dtype", choices=DTYPES, default="auto")
     report.add_argument("--trust-remote-code", action="store_true")
+    report.add_argument("--allow-pickle-weights", action="store_true", help="load pytorch_model.bin (pickle) weights when a folder has no safetensors")
     report.add_argument("--out", required=True, help="JSON report to write")
     report.set_defaults(func=run_exploitability)
 
@@ -59,7 +60,7 @@ def run_exploitability(args) -> int:
         raise InputError(f"{label}: exploitability needs the synthetic oracle (its categories are known)")
     rows = read_table(args.prompts, "prompts").to_pylist()
     result = report(args.policy, rows, judge, samples=args.samples, seed=args.seed, dtype=args.dtype,
-                    trust_remote_code=args.trust_remote_code)
+                    trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights)
     result["policy"] = args.policy
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")

@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--name", default=None, help="hub dataset configuration name")
     parser.add_argument("--revision", default=None, help="hub dataset revision (commit, tag or branch)")
     parser.add_argument("--max-prompts", type=int, default=None, help="keep only the first N prompts (smoke runs)")
+    parser.add_argument("--max-prompt-chars", type=int, default=None,
+                        help="drop prompts longer than this many characters, counted on stderr (default 20000; "
+                             "0: no limit); sampling also drops prompts too long for the model")
     parser.add_argument("--shards", type=int, default=None, help="number of random shards K (with --out-dir)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle before sharding (default 0)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -63,20 +66,34 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out}: must end in .parquet")
     if args.max_prompts is not None and args.max_prompts < 1:
         raise InputError(f"--max-prompts {args.max_prompts}: must be at least 1")
+    if args.max_prompt_chars is not None and args.max_prompt_chars < 0:
+        raise InputError(f"--max-prompt-chars {args.max_prompt_chars}: must be at least 0 (0: no limit)")
 
-    from linepo.stages.prompts import load_prompts, split_prompts, take
+    import sys
+
+    from linepo.stages.prompts import MAX_PROMPT_CHARS, drop_long, load_prompts, split_prompts, take
     from linepo.schemas import to_table, write_table
 
+    max_chars = MAX_PROMPT_CHARS if args.max_prompt_chars is None else args.max_prompt_chars
     loaded = load_prompts(args.source, split=args.split, prompt_column=args.prompt_column, name=args.name, revision=args.revision)
-    rows = take(loaded, args.max_prompts)
+    fitting, too_long = drop_long(loaded, max_chars)
+    if too_long:
+        if not fitting:
+            raise InputError(f"{args.source}: all {len(loaded)} prompts are longer than {max_chars} characters; "
+                             "raise --max-prompt-chars (config key max_prompt_chars)")
+        print(f"linepo prompts: dropped {too_long} of {len(loaded)} prompts longer than {max_chars} characters "
+              "(--max-prompt-chars, config key max_prompt_chars)", file=sys.stderr)
+    rows = take(fitting, args.max_prompts)
+    source_file = [args.source] if Path(args.source).is_file() else []  # a local file: recorded; a dataset id: not
     meta = {
         "source": args.source, "split": args.split, "prompt_column": args.prompt_column, "name": args.name,
         "revision": args.revision, "max_prompts": args.max_prompts, "num_loaded": len(loaded), "num_prompts": len(rows),
+        "max_prompt_chars": max_chars, "num_too_long": too_long,
     }
     if args.out is not None:
         if any("dataset" in row for row in rows):  # AlpacaEval's subsets, for its model_outputs.json
             meta["datasets"] = {row["prompt_id"]: row.get("dataset") for row in rows}
-        write_table(rows, args.out, "prompts", metadata=meta)
+        write_table(rows, args.out, "prompts", metadata=meta, inputs=source_file)
         print(f"wrote {len(rows)} prompts from {args.source} to {args.out}")
         return 0
 
@@ -87,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     metas = [{**meta, "seed": args.seed, "num_shards": args.shards, "shard": i} for i in range(args.shards)]
     tables = [to_table(shard, "prompts", m) for shard, m in zip(shards, metas)]
     for i, (table, m) in enumerate(zip(tables, metas)):
-        write_table(table, args.out_dir / SHARD_NAME.format(index=i), "prompts", metadata=m)
+        write_table(table, args.out_dir / SHARD_NAME.format(index=i), "prompts", metadata=m, inputs=source_file)
     sizes = "/".join(str(len(s)) for s in shards)
     print(f"wrote {len(rows)} prompts from {args.source} as {args.shards} shards ({sizes}) to {args.out_dir}")
     return 0

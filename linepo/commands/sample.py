@@ -39,6 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
+    parser.add_argument("--allow-pickle-weights", action="store_true", help="load pytorch_model.bin (pickle) weights when a folder has no safetensors")
     parser.add_argument("--data-parallel", type=int, default=1,
                         help="worker processes, one per GPU (per tensor-parallel group with vllm); default 1")
     parser.set_defaults(func=run)
@@ -79,10 +80,12 @@ def run(args) -> int:
     if args.data_parallel > 1 and len(prompts) > 1:
         return run_sharded(args, table, settings)
     sampler = make_sampler(
-        args.policy, settings, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
+        args.policy, settings, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        allow_pickle_weights=args.allow_pickle_weights,
     )
-    rows = sampler.generate(prompts)
-    write_table(rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__})
+    rows = sampler.generate(prompts, source=args.prompts)
+    write_table(rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__},
+                inputs=[args.policy, args.prompts])
     print(f"wrote {len(rows)} samples ({len(prompts)} prompts x {settings.n}) to {args.out}")
     return 0
 
@@ -98,7 +101,33 @@ def worker_flags(args, settings) -> list[str]:
         flags += ["--threads", args.threads]
     if args.trust_remote_code:
         flags.append("--trust-remote-code")
+    if args.allow_pickle_weights:
+        flags.append("--allow-pickle-weights")
     return [str(flag) for flag in flags]
+
+
+def fitting_prompts(args, table, settings):
+    """``table`` without the prompts too long for the policy (:func:`linepo.stages.fit.fit_prompts`),
+    judged from its tokenizer and config alone (no weights are loaded). When those do not load,
+    nothing is dropped here: the workers fail loading the policy and say why."""
+    import pyarrow as pa
+    from transformers import AutoConfig, AutoTokenizer
+
+    from linepo.stages.models import load_errors, resolve_policy
+    from linepo.stages.fit import fit_prompts, max_positions
+
+    source = resolve_policy(args.policy)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+    except load_errors():
+        return table
+    prompts = table.select(["prompt_id", "prompt"]).to_pylist()
+    kept = fit_prompts(prompts, tokenizer, max_positions(config, tokenizer), settings.max_new_tokens, args.prompts)
+    if len(kept) == len(prompts):
+        return table
+    ids = {p["prompt_id"] for p in kept}
+    return table.filter(pa.array([pid in ids for pid in table.column("prompt_id").to_pylist()]))
 
 
 def run_sharded(args, table, settings) -> int:
@@ -112,6 +141,7 @@ def run_sharded(args, table, settings) -> int:
 
     check_prompts(table.select(["prompt_id", "prompt"]).to_pylist())  # a repeated id would hide in two shards
     resolve_policy(args.policy)  # a missing policy fails here, once, not in every worker
+    table = fitting_prompts(args, table, settings)  # dropped and counted once, not per worker
     bounds = shard_bounds(table.num_rows, args.data_parallel)
     per_shard = settings.tensor_parallel_size if settings.backend == "vllm" else 1
     merged = run_sharded_command(
@@ -122,7 +152,8 @@ def run_sharded(args, table, settings) -> int:
         kind="samples")
     if isinstance(merged, int):
         return merged
-    write_table(merged.rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__})
+    write_table(merged.rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__},
+                inputs=[args.policy, args.prompts])
     print(f"wrote {len(merged.rows)} samples ({table.num_rows} prompts x {settings.n}) to {args.out} "
           f"from {len(bounds)} shards in {merged.seconds:.1f} s")
     return 0

@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     add_arguments(parser.add_argument_group("scoring settings"), ScoringSettings)
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype; default %(default)s")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
+    parser.add_argument("--allow-pickle-weights", action="store_true", help="load pytorch_model.bin (pickle) weights when a folder has no safetensors")
     parser.set_defaults(func=run)
 
 
@@ -46,7 +47,8 @@ def run(args) -> int:
     settings = from_mapping(ScoringSettings, given(args, ScoringSettings), source="flags", key_format="{flag}")
     stats = score_preferences(args.preferences, args.out, reference=args.reference, anchor=args.anchor,
                               batch_size=settings.batch_size, max_length=settings.max_length, dtype=args.dtype,
-                              trust_remote_code=args.trust_remote_code)
+                              trust_remote_code=args.trust_remote_code,
+                              allow_pickle_weights=args.allow_pickle_weights)
     print(f"linepo score: wrote {args.out}: {stats['pairs']} pairs, {stats['models_run']} model(s), "
           f"{stats['pairs_per_s']} pairs/s, {stats['tokens_per_s']} tokens/s", file=sys.stderr)
     print(json.dumps(stats, sort_keys=True))

@@ -35,6 +35,7 @@ def register(subparsers) -> None:
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None,
                        help=f"default {getattr(defaults, field)}")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allow-pickle-weights", action="store_true", help="load pytorch_model.bin (pickle) weights when a folder has no safetensors")
     p.set_defaults(func=run)
 
 
@@ -61,6 +62,6 @@ def run(args) -> int:
     resume_dir = args.resume_dir if args.resume_dir is not None else default_resume_dir(args.out)
     stats = train_sft(args.base, args.data, args.out, resume_dir=resume_dir, settings=SFTSettings(**values),
                       tokenizer=args.tokenizer, split=args.split, messages_column=args.messages_column,
-                      trust_remote_code=args.trust_remote_code)
+                      trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights)
     print(json.dumps(stats, sort_keys=True))
     return 0

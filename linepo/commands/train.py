@@ -56,6 +56,8 @@ def register(subparsers) -> None:
                   TrainSettings)
     parser.add_argument("--trust-remote-code", action="store_true", default=None,
                         help="run the checkpoint's own modelling code")
+    parser.add_argument("--allow-pickle-weights", action="store_true", default=None,
+                        help="load pytorch_model.bin (pickle) weights when a folder has no safetensors")
     parser.add_argument("--num-processes", type=int, default=None,
                         help="data-parallel processes (one per GPU); > 1 launches `accelerate launch`; default 1 "
                              "(or WORLD_SIZE when already launched)")
@@ -79,6 +81,8 @@ def settings_from_args(args):
     flags = given(args, TrainSettings)
     if args.trust_remote_code:
         flags["trust_remote_code"] = True
+    if args.allow_pickle_weights:
+        flags["allow_pickle_weights"] = True
     return settings.updated(flags, "flags").validate()
 
 

@@ -87,6 +87,8 @@ def _spec(text: str) -> dict:
             text, source = Path(text).read_text(), f"--spec {text}"
         except OSError as err:
             raise InputError(f"--spec {text}: neither inline JSON nor a readable file ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"--spec {text}: not UTF-8 text; save it as UTF-8") from None
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:

@@ -116,7 +116,7 @@ def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--j
             "max_failed_fraction": judge.max_failed_fraction}
     if failed:
         meta["failure_summary"] = judge.failure_summary()
-    write_table(rows, out, "comparisons", metadata=meta)
+    write_table(rows, out, "comparisons", metadata=meta, inputs=[path_a, path_b])
     return {"comparisons": len(rows), "failed": failed,
             "win_rate_a": float(np.mean(valid)) if valid else None}
 
@@ -330,7 +330,8 @@ def alpaca_eval_records(generation, prompts, generator: str, *, prompts_meta: di
     records = []
     for row in prompts.to_pylist():
         if row["prompt_id"] not in outputs:
-            raise InputError(f"generation has no output for prompt {row['prompt_id']}")
+            raise InputError(f"generation has no output for prompt {row['prompt_id']} (dropped by sampling as too "
+                             "long for the model? its log says; lower max_prompt_chars to drop it from the prompts)")
         records.append({"instruction": row["prompt"], "output": outputs[row["prompt_id"]],
                         "generator": generator, "dataset": subsets.get(row["prompt_id"], row["source"])})
     return records

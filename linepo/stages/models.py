@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.provenance import check_policy_folder, write_folder_provenance
 from linepo.sources import DTYPES, resolve_model
 
 #: Used for tokenizers without a chat template (base models).
@@ -34,7 +35,79 @@ def resolve_policy(path_or_name) -> str:
     return resolve_model(path_or_name, what="policy")
 
 
-def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "auto", device=None):
+#: Weight files that are pickles (torch.load unpickles them; ``weights_only`` narrows the risk
+#: but the promise is safetensors only). Trainer state files (optimizer.pt ...) are not weights.
+PICKLE_GLOBS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+_TRAINER_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")
+#: The opt-in named by the refusal of pickle weights (a judge names its own key).
+POLICY_OPT_IN = "policy.allow_pickle_weights: true (flag --allow-pickle-weights)"
+
+
+def pickle_weights(path_or_name) -> list[str]:
+    """The pickle weight files of a local model folder that has no safetensors weights; [] when it
+    has safetensors, no pickles, or is not a local folder (a hub id: transformers refuses it)."""
+    folder = Path(str(path_or_name)).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists():
+        return []
+    found = {p.name for pattern in PICKLE_GLOBS for p in folder.glob(pattern) if p.is_file()}
+    return sorted(name for name in found if name not in _TRAINER_STATE and not name.startswith("rng_state"))
+
+
+def pickle_refusal(path_or_name, files, opt_in: str = POLICY_OPT_IN) -> str:
+    """The one line that refuses a folder with only pickle weights, saying how to convert or opt in."""
+    shown = ", ".join(files[:2]) + (f" and {len(files) - 2} more" if len(files) > 2 else "")
+    return (f"{path_or_name}: only pickle weights ({shown}); linepo loads safetensors only: convert them "
+            f"(linepo import-policy --allow-pickle-weights --source {path_or_name} --out <folder>) or set {opt_in}")
+
+
+def check_weights_format(path_or_name, allow_pickle_weights: bool, opt_in: str = POLICY_OPT_IN) -> None:
+    """Refuse a local folder whose only weights are pickles unless ``allow_pickle_weights``.
+
+    Raises:
+        InputError: :func:`pickle_refusal`'s line.
+    """
+    files = [] if allow_pickle_weights else pickle_weights(path_or_name)
+    if files:
+        raise InputError(pickle_refusal(path_or_name, files, opt_in))
+
+
+def weight_format_kwargs(allow_pickle_weights: bool) -> dict:
+    """``from_pretrained`` keywords: safetensors only, unless pickles are allowed (then either)."""
+    return {} if allow_pickle_weights else {"use_safetensors": True}
+
+
+def load_errors() -> tuple:
+    """What ``from_pretrained`` raises on a missing, unreadable or corrupt model file: OSError and
+    ValueError, safetensors' SafetensorError (a garbage header), pickle's UnpicklingError and
+    EOFError (a garbage or cut pytorch_model.bin)."""
+    import pickle
+
+    errors = [OSError, ValueError, pickle.UnpicklingError, EOFError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        pass
+    return tuple(errors)
+
+
+def load_failure(path_or_name, what: str, err: Exception, allow_pickle_weights: bool = True,
+                 opt_in: str = POLICY_OPT_IN) -> InputError:
+    """The one-line InputError of a failed ``from_pretrained``: the model, what failed, the first line
+    of the reason; a hub id without safetensors weights gets the refusal's advice."""
+    reason = _first_line(err)
+    if isinstance(err, EOFError) or type(err).__name__ in ("UnpicklingError", "SafetensorError"):
+        reason = f"a corrupt weights file: {type(err).__name__}: {reason}"
+    message = f"{path_or_name}: cannot load the {what} ({reason})"
+    if not allow_pickle_weights and "safetensors" in reason:
+        message += f"; linepo loads safetensors only: convert pickle weights with linepo import-policy " \
+                   f"--allow-pickle-weights, or set {opt_in}"
+    return InputError(message)
+
+
+def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "auto", device=None,
+                allow_pickle_weights: bool = False):
     """Load a causal LM and its tokenizer from a local folder or a hub id.
 
     Args:
@@ -43,6 +116,8 @@ def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "
         trust_remote_code: run the repository's own modelling code; off unless asked.
         dtype: "auto" (the checkpoint's dtype), "float32", "bfloat16" or "float16".
         device: where to put the model; default the GPU when there is one, else CPU.
+        allow_pickle_weights: load ``pytorch_model.bin`` (a pickle) when there are no
+            safetensors; off unless asked (:func:`check_weights_format`).
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode, the tokenizer padding on the left
@@ -50,11 +125,13 @@ def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "
 
     Raises:
         InputError: the path does not exist, is not a model folder, the hub id is not
-            cached while offline, or loading fails (message names ``path_or_name``).
+            cached while offline, only pickle weights without the opt-in, or loading fails
+            (a corrupt weights file included; message names ``path_or_name``).
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
     source = resolve_policy(path_or_name)  # before the slow imports: bad paths fail fast
+    check_weights_format(path_or_name, allow_pickle_weights)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,10 +139,11 @@ def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path_or_name}: cannot load the policy ({first_line})") from err
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                     **weight_format_kwargs(allow_pickle_weights))
+    except load_errors() as err:
+        raise load_failure(path_or_name, "policy", err, allow_pickle_weights) from err
+    check_policy_folder(path_or_name)  # readable weights can still be wrong ones: the files save_policy wrote?
     tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -80,14 +158,19 @@ def load_policy(path_or_name, *, trust_remote_code: bool = False, dtype: str = "
     return model, tokenizer
 
 
-def save_policy(model, tokenizer, path) -> Path:
+def save_policy(model, tokenizer, path, inputs=None) -> Path:
     """Save ``model`` (safetensors) and ``tokenizer`` to folder ``path`` atomically.
 
     Everything is written to a temp folder next to ``path`` and renamed onto it, so a
-    killed job never leaves a half-written policy; an existing ``path`` is replaced.
+    killed job never leaves a half-written policy; an existing ``path`` is replaced. The
+    folder's ``linepo_provenance.json`` records the sha256 of each file and of ``inputs``
+    (the artefacts the policy was made from), checked by :func:`load_policy` and ``linepo verify``.
     """
+    from linepo.schemas import remove_stale_temporaries
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # a killed save's temp folder: a whole policy
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = None
     try:
@@ -97,6 +180,7 @@ def save_policy(model, tokenizer, path) -> Path:
         except TypeError:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_folder_provenance(tmp, inputs)  # last: it hashes every file written above
         # mkdtemp (and some writers) create owner-only files; give the usual umask modes.
         umask = os.umask(0)
         os.umask(umask)
@@ -118,24 +202,28 @@ def save_policy(model, tokenizer, path) -> Path:
     return path
 
 
-def import_policy(source, out, *, tokenizer=None, dtype: str = "auto", trust_remote_code: bool = False) -> dict:
+def import_policy(source, out, *, tokenizer=None, dtype: str = "auto", trust_remote_code: bool = False,
+                  allow_pickle_weights: bool = False) -> dict:
     """Copy a policy (a folder or a hub id) into ``out`` as safetensors, with its tokenizer.
 
     ``tokenizer`` names another folder or hub id to take the tokenizer (and its chat template)
     from: the paper's released SFT checkpoint is used with the base model's tokenizer
     (yale-nlp/COMAL loads ``Qwen/Qwen2-1.5B``'s). The weights keep their dtype by default
-    ("auto"); training upcasts them to fp32 master weights anyway.
+    ("auto"); training upcasts them to fp32 master weights anyway. ``allow_pickle_weights``
+    reads a ``pytorch_model.bin``-only folder: the way to convert one to safetensors.
 
     Returns:
         facts about the imported policy: source, tokenizer, parameters, dtype, chat template
         (present or not), its end-of-turn and stop tokens.
 
     Raises:
-        InputError: the model or tokenizer cannot be found or loaded.
+        InputError: the model or tokenizer cannot be found or loaded; only pickle weights
+            without ``allow_pickle_weights``.
     """
     if dtype not in DTYPES:
         raise InputError(f"--dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model_source = resolve_policy(source)
+    check_weights_format(source, allow_pickle_weights, "--allow-pickle-weights (policy.allow_pickle_weights: true)")
     tokenizer_source = resolve_tokenizer(tokenizer) if tokenizer else model_source
 
     import torch
@@ -147,9 +235,11 @@ def import_policy(source, out, *, tokenizer=None, dtype: str = "auto", trust_rem
         raise InputError(f"{tokenizer_source}: cannot load a tokenizer ({_first_line(err)})") from err
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_source, dtype="auto" if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{source}: cannot load the policy ({_first_line(err)})") from err
+            model_source, dtype="auto" if dtype == "auto" else getattr(torch, dtype),
+            trust_remote_code=trust_remote_code, **weight_format_kwargs(allow_pickle_weights))
+    except load_errors() as err:
+        raise load_failure(source, "policy", err, allow_pickle_weights) from err
+    check_policy_folder(source)  # a linepo policy folder: its files as save_policy wrote them
     vocab = model.get_input_embeddings().weight.shape[0]
     if vocab < len(loaded_tokenizer):
         raise InputError(f"{tokenizer_source}: the tokenizer has {len(loaded_tokenizer)} tokens but the model "
@@ -158,7 +248,7 @@ def import_policy(source, out, *, tokenizer=None, dtype: str = "auto", trust_rem
         # transformers builds an (almost) empty tokenizer for a weights-only Qwen2 folder rather than fail
         raise InputError(f"{tokenizer_source}: no usable tokenizer ({len(loaded_tokenizer)} tokens for a model with "
                          f"{vocab} embeddings); name one with policy.tokenizer (import-policy --tokenizer)")
-    save_policy(model.eval(), loaded_tokenizer, out)
+    save_policy(model.eval(), loaded_tokenizer, out, inputs=[source] + ([tokenizer] if tokenizer else []))
     return {"source": str(source), "tokenizer": str(tokenizer_source),
             "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(model.dtype).removeprefix("torch."),
             "chat_template": bool(getattr(loaded_tokenizer, "chat_template", None)),

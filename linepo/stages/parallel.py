@@ -253,7 +253,10 @@ def last_json(lines: list[str]) -> dict:
 @contextmanager
 def shard_folder(out: Path):
     """A temp folder beside ``out`` (same file system, so no large copies through /tmp), always removed."""
+    from linepo.schemas import remove_stale_temporaries
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a killed run's shards
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.shards-", dir=out.parent))
     try:
         yield folder

@@ -180,7 +180,7 @@ def judge_samples(samples_path, judge_config: dict | None, out, *, seed: int | N
     metadata = {"judge": config, "seed": seed, "counts": counts}
     if hasattr(judge, "describe"):
         metadata["judge_facts"] = judge.describe()  # e.g. the chat template's sha256
-    write_table(rows, out, "judgments", metadata=metadata)
+    write_table(rows, out, "judgments", metadata=metadata, inputs=[samples_path])
     return stats
 
 
@@ -358,13 +358,26 @@ def build_preferences(samples_path, judgments_path, out, *, selection: str = "be
     judgments = read_table(judgments_path, "judgments")
     rows, stats = select_preferences(groups, judgments, selection=selection, use_outcomes=use_outcomes,
                                      judgments_path=judgments_path)
+    probabilities = [p for p, failed in zip(judgments.column("prob_a_wins").to_pylist(),
+                                            judgments.column("failed").to_pylist()) if not failed]
+    no_signal = bool(probabilities) and all(p == 0.5 for p in probabilities)
     if not rows:
         dropped = ", ".join(f"{v} {k.removeprefix('dropped_').replace('_', ' ')}" for k, v in stats.items()
                             if k.startswith("dropped_") and v)
+        if no_signal:
+            raise InputError(f"{judgments_path}: every comparison is a tie (P = 0.5), so no pairs from "
+                             f"{stats['prompts']} prompts (dropped: {dropped or 'none'}): the judge tells the samples "
+                             "apart by nothing; check the judge and its config")
         raise InputError(f"{judgments_path}: no pairs from {stats['prompts']} prompts ({stats['failed_comparisons']} "
                          f"failed comparisons; dropped: {dropped or 'none'}): nothing to train on")
-    if selection in LABELLED_SELECTIONS and all(r["label_probability"] == 0.5 for r in rows):
-        log.warning("%s: every pair is a tie (P = 0.5): the judge tells these samples apart by nothing", judgments_path)
+    if no_signal:
+        # Not an error: with p = ½ every loss's minimiser is still the right step of a game in which
+        # all responses tie (INPO/LINE-PO move toward the reference, DPO/IPO/SPPO stay put), and a
+        # weak judge on a weak policy can tie everything once; but it usually means a broken judge.
+        labels = "coin-flip outcomes" if use_outcomes else "label 0.5"
+        log.warning("%s: every comparison is a tie (P = 0.5): the judge tells the samples apart by nothing; "
+                    "%d pairs with %s teach no preference (check the judge)", judgments_path, len(rows), labels)
     write_table(rows, out, "preferences",
-                metadata={"selection": selection, "use_outcomes": use_outcomes, "counts": stats})
+                metadata={"selection": selection, "use_outcomes": use_outcomes, "counts": stats},
+                inputs=[samples_path, judgments_path])
     return stats

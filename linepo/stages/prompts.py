@@ -62,6 +62,37 @@ def _check_parquet(path: Path, source: str) -> None:
         raise InputError(f"{source}: not a readable .parquet file ({_one_line(err)})") from err
 
 
+def _check_json_file(path: Path, source: str) -> None:
+    """A .json/.jsonl file must be UTF-8 text, and a .json file not one JSON object: datasets
+    fails on other bytes with a long traceback, and reads one object as one row (one prompt)."""
+    import codecs
+    import json
+
+    decoder, offset, first = codecs.getincrementaldecoder("utf-8")(), 0, ""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise InputError(f"{source}: not UTF-8 text (byte 0x{err.object[err.start]:02x} near byte "
+                                 f"{offset + err.start}); save it as UTF-8") from None
+            first = first or text.lstrip()[:1]
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: not UTF-8 text (it ends inside a character); save it as UTF-8") from None
+    if path.suffix.lower() != ".json" or first != "{":
+        return
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # several objects: JSON lines, which datasets reads row by row
+        return
+    if isinstance(value, dict):
+        raise InputError(f"{source}: holds one JSON object, not a list of records: write a list "
+                         '([{"prompt": ...}, ...]) or one object per line in a .jsonl file')
+
+
 def _load_dataset(source: str, split, name, revision, trust_remote_code):
     """The datasets.Dataset of ``source``; every failure is an InputError naming it."""
     import datasets  # heavy: imported only when prompts are loaded
@@ -91,6 +122,8 @@ def _load_dataset(source: str, split, name, revision, trust_remote_code):
                 raise InputError(f"{source}: empty file")
             if builder == "parquet":
                 _check_parquet(path, source)  # datasets would also log the error on stderr
+            else:
+                _check_json_file(path, source)
             # A throw-away cache: no stale Arrow copy of an edited file, nothing left in ~/.cache.
             verbosity = datasets.logging.get_verbosity()
             datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse error is in our message
@@ -205,6 +238,23 @@ def load_prompts(
     if not rows:
         raise InputError(f"{source}: no prompts: all {len(texts)} rows have an empty prompt in column {text_column!r}")
     return rows
+
+
+#: ``linepo prompts --max-prompt-chars``' default: far beyond a real instruction, well below
+#: what makes a 4k-position model's sampler allocate tens of GB. 0 or None: no limit.
+MAX_PROMPT_CHARS = 20000
+
+
+def drop_long(rows: list[dict], max_chars: int | None) -> tuple[list[dict], int]:
+    """``rows`` without the prompts longer than ``max_chars`` characters, and how many were dropped.
+
+    Sampling drops a prompt that does not fit the model anyway (:func:`linepo.stages.fit.fit_prompts`);
+    this cheaper limit keeps pasted documents out of the prompt files, counted in the log.
+    """
+    if not max_chars:
+        return list(rows), 0
+    kept = [row for row in rows if len(row["prompt"]) <= max_chars]
+    return kept, len(rows) - len(kept)
 
 
 def take(rows: list[dict], limit: int | None) -> list[dict]:

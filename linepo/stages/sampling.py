@@ -21,7 +21,8 @@ float rounding of batched matmuls, which can flip a near-tie), and the same inpu
 settings give byte-identical parquet files on CPU.
 
 Backend ``vllm`` (optional extra ``linepo[vllm]``) maps the same settings onto
-``vllm.SamplingParams`` with a per-prompt seed; it is imported only when selected.
+``vllm.SamplingParams`` with a per-prompt seed; it is imported only when selected. Both drop,
+counted, a prompt longer than the model takes (:mod:`linepo.stages.fit`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import time
 from dataclasses import dataclass
 
 from linepo.errors import InputError
+from linepo.provenance import check_policy_folder
+from linepo.stages.fit import fit_prompts, max_positions
 from linepo.settings import check, setting
 
 log = logging.getLogger(__name__)
@@ -103,11 +106,17 @@ class Sampler:
     """Common interface: ``generate(prompts, n) -> rows of kind "samples"``."""
 
     settings: SamplerSettings
+    tokenizer = None
 
-    def generate(self, prompts: list[dict], n: int | None = None) -> list[dict]:
-        """``n`` samples (default ``settings.n``) of each ``{"prompt_id", "prompt"}``."""
+    def max_positions(self) -> int | None:
+        """Tokens (prompt + response) the model takes; None: unknown (nothing dropped)."""
+        return max_positions(None, self.tokenizer)
+
+    def generate(self, prompts: list[dict], n: int | None = None, *, source: str = "prompts") -> list[dict]:
+        """``n`` samples (default ``settings.n``) of each prompt that fits the model (``source``: its name)."""
         settings = dataclasses.replace(self.settings, n=self.settings.n if n is None else n).validate()
-        prompts = check_prompts(prompts)
+        prompts = fit_prompts(check_prompts(prompts), self.tokenizer, self.max_positions(), settings.max_new_tokens,
+                              source)
         start = time.perf_counter()
         rows = self._generate(prompts, settings)
         seconds = max(time.perf_counter() - start, 1e-9)
@@ -124,7 +133,8 @@ class Sampler:
 
 
 def make_sampler(
-    policy, settings: SamplerSettings, *, dtype: str = "auto", device=None, trust_remote_code: bool = False
+    policy, settings: SamplerSettings, *, dtype: str = "auto", device=None, trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> Sampler:
     """The sampler of ``settings.backend`` for the policy folder or hub id ``policy``.
 
@@ -133,10 +143,12 @@ def make_sampler(
     """
     settings.validate()
     if settings.backend == "vllm":
-        return VLLMSampler(policy, settings, dtype=dtype, trust_remote_code=trust_remote_code)
+        return VLLMSampler(policy, settings, dtype=dtype, trust_remote_code=trust_remote_code,
+                           allow_pickle_weights=allow_pickle_weights)
     from linepo.stages.models import load_policy
 
-    model, tokenizer = load_policy(policy, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_policy(policy, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                   allow_pickle_weights=allow_pickle_weights)
     return TransformersSampler(model, tokenizer, settings)
 
 
@@ -178,6 +190,9 @@ class TransformersSampler(Sampler):
         eos = stop_token_ids(tokenizer, model.generation_config)
         self.eos_token_ids = eos
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+    def max_positions(self) -> int | None:
+        return max_positions(getattr(self.model, "config", None), self.tokenizer)
 
     def generation_config(self, settings: SamplerSettings):
         """Greedy decoding over our processors; the model's own sampling defaults are overridden.
@@ -290,18 +305,21 @@ class VLLMSampler(Sampler):
     follow the same distribution.
     """
 
-    def __init__(self, policy, settings: SamplerSettings, *, dtype: str = "auto", trust_remote_code: bool = False):
+    def __init__(self, policy, settings: SamplerSettings, *, dtype: str = "auto", trust_remote_code: bool = False,
+                 allow_pickle_weights: bool = False):
         try:
             import vllm
         except ImportError as err:
             raise InputError(
                 "--backend: backend vllm needs the optional extra linepo[vllm] (pip install 'linepo[vllm]')"
             ) from err
-        from linepo.stages.models import resolve_policy
+        from linepo.stages.models import check_weights_format, resolve_policy
 
         self.vllm = vllm
         self.settings = settings.validate()
         source = resolve_policy(policy)
+        check_weights_format(policy, allow_pickle_weights)
+        check_policy_folder(policy)  # its files as save_policy wrote them
         self.llm = vllm.LLM(
             model=source,
             tokenizer=source,
@@ -309,6 +327,7 @@ class VLLMSampler(Sampler):
             seed=settings.seed,
             tensor_parallel_size=settings.tensor_parallel_size,
             trust_remote_code=trust_remote_code,
+            load_format="auto" if allow_pickle_weights else "safetensors",  # vLLM's own pickle fallback off
         )
         self.tokenizer = self.llm.get_tokenizer()
         from linepo.stages.models import stop_token_ids
@@ -321,6 +340,12 @@ class VLLMSampler(Sampler):
         except (OSError, ValueError):  # no generation_config.json: the tokenizer's EOS and the template's
             pass
         self.stop_ids = stop_token_ids(self.tokenizer, generation_config)
+
+    def max_positions(self) -> int | None:
+        """vLLM's own limit (``max_model_len``: the config's positions unless set lower)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        length = getattr(getattr(engine, "model_config", None), "max_model_len", None)
+        return length if isinstance(length, int) and length > 0 else max_positions(None, self.tokenizer)
 
     def sampling_params(self, settings: SamplerSettings, prompt_id: str):
         return self.vllm.SamplingParams(

@@ -266,13 +266,14 @@ def _same_policy(a, b) -> bool:
 
 
 def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_size, max_length, dtype,
-                trust_remote_code):
+                trust_remote_code, allow_pickle_weights=False):
     """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
     import torch
 
     from linepo.stages.models import load_policy
 
-    model, tokenizer = load_policy(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    model, tokenizer = load_policy(path, trust_remote_code=trust_remote_code, dtype=dtype,
+                                   allow_pickle_weights=allow_pickle_weights)
     stats: dict = {}
     start = time.perf_counter()
     try:
@@ -290,7 +291,8 @@ def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_
 
 
 def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: int = 32, max_length: int = 512,
-                      dtype: str = "auto", trust_remote_code: bool = False) -> dict:
+                      dtype: str = "auto", trust_remote_code: bool = False,
+                      allow_pickle_weights: bool = False) -> dict:
     """Write a "scored" parquet: the preference pairs plus log π_ref(y±|x) and log μ_k(y±|x).
 
     Args:
@@ -325,7 +327,8 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     finished = table.column("chosen_finished").to_pylist() + table.column("rejected_finished").to_pylist()
     stops = table.column("chosen_stop_token_id").to_pylist() + table.column("rejected_stop_token_id").to_pylist()
     ids = table.column("chosen_token_ids").to_pylist() + table.column("rejected_token_ids").to_pylist()
-    kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code,
+                  allow_pickle_weights=allow_pickle_weights)
 
     ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, stops, ids, **kwargs)
     models_run = 1
@@ -357,7 +360,9 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     }
     metadata = {"scoring": {"reference": str(reference), "anchor": str(anchor), "max_length": max_length,
                             "dtype": dtype}}
-    write_table(rows, out_path, "scored", metadata=metadata)
+    prefs = [prefs_path] if isinstance(prefs_path, (str, os.PathLike)) else list(prefs_path)
+    inputs = [*prefs, reference] + ([anchor] if str(anchor) != str(reference) else [])
+    write_table(rows, out_path, "scored", metadata=metadata, inputs=inputs)
     log.info("scored %d pairs with %d model(s): %s pairs/s, %s tokens/s", pairs, models_run,
              stats["pairs_per_s"], stats["tokens_per_s"])
     return stats

@@ -197,27 +197,33 @@ def use_bf16(setting: str) -> bool:
 
 def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = None, tokenizer=None,
               split: str | None = None, messages_column: str = "messages", name: str | None = None,
-              trust_remote_code: bool = False) -> dict:
+              trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> dict:
     """Fine-tune ``base`` on the chats of ``data`` and save the policy (and tokenizer) to ``out``.
 
     Returns:
         stats: chats, trained tokens, steps, final training loss, seconds, out.
 
     Raises:
-        InputError: bad settings or data, a base or tokenizer that cannot be loaded,
-            overlapping output and side folders; nothing is written.
+        InputError: bad settings or data, a base or tokenizer that cannot be loaded (a base
+            with only pickle weights without ``allow_pickle_weights``), overlapping output and
+            side folders; nothing is written.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from linepo.stages.models import resolve_policy, resolve_tokenizer, save_policy
+    from linepo.provenance import check_policy_folder
+    from linepo.schemas import remove_stale_temporaries
+    from linepo.stages.models import (POLICY_OPT_IN, check_weights_format, load_errors, load_failure, resolve_policy,
+                                      resolve_tokenizer, save_policy, weight_format_kwargs)
     from linepo.stages.training import _warmup_arguments, latest_checkpoint
 
     settings = (settings or SFTSettings()).validate()
     out, resume_dir = Path(out), Path(resume_dir)
     if out.resolve() == resume_dir.resolve() or resume_dir.resolve().is_relative_to(out.resolve()):
         raise InputError(f"--resume-dir {resume_dir}: must lie outside --out {out}")
+    remove_stale_temporaries(out)  # now, not when saving after training: a killed save's is a whole policy
     source = resolve_policy(base)
+    check_weights_format(base, allow_pickle_weights, POLICY_OPT_IN)
     tokenizer_source = resolve_tokenizer(tokenizer) if tokenizer else source
     chats = load_chats(str(data), split=split, column=messages_column, name=name, max_examples=settings.max_examples)
     try:
@@ -230,9 +236,11 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
         raise InputError(f"{data}: no chat keeps an assistant token within --max-length {settings.max_length}")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     try:  # fp32 master weights whatever the base was saved in (see linepo.stages.training.MASTER_DTYPES)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{base}: cannot load the base model ({err})") from err
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                     **weight_format_kwargs(allow_pickle_weights))
+    except load_errors() as err:
+        raise load_failure(base, "base model", err, allow_pickle_weights) from err
+    check_policy_folder(base)  # a linepo policy folder as the base: its files as written
     use_cache, model.config.use_cache = model.config.use_cache, False  # no KV cache while training
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
@@ -248,7 +256,7 @@ def train_sft(base, data, out, *, resume_dir, settings: SFTSettings | None = Non
     start = time.perf_counter()
     result = fit(model, features, pad, args, resume_from=resume)
     model.config.use_cache = use_cache  # saved as the base had it
-    save_policy(model, tok, out)
+    save_policy(model, tok, out, inputs=[base, data])  # local ones are recorded (hub ids are not)
     if resume_dir.is_dir():
         shutil.rmtree(resume_dir)
     stats = {"chats": len(features), "tokens": sum(sum(l != -100 for l in f["labels"]) for f in features),

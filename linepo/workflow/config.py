@@ -3,7 +3,11 @@
 Validation fills in the schema's defaults, then checks what a schema cannot (a preference
 matrix's P + Pᵀ = 1, per-algorithm run parameters from :mod:`linepo.algorithms`, checkpoints
 that some run produces, held-out prompts that are held out, local model folders that hold what
-loading them needs, prompt files without a hub ``name``: :mod:`linepo.workflow.preflight`),
+loading them needs, prompt files without a hub ``name``: :mod:`linepo.workflow.preflight`;
+prompt sources that exist and fill their splits: :mod:`linepo.workflow.inputs`; no NaN or
+infinity anywhere, no greedy training sampler, no scheduler that cannot run as linepo trains,
+no two names that are one folder on a case-insensitive file system; an unknown key gets the
+closest known one),
 resolves the evaluation section (its judge and decoding default to the training ones) and
 moves the *execution keys* — how a step is spread over processes, not what it computes — out
 of their sections into ``config["_execution"]``, once: node ids, rule params and judge
@@ -15,6 +19,8 @@ configs never see them, so changing them reruns nothing. Errors are one line nam
 from __future__ import annotations
 
 import copy
+import difflib
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import yaml
 from linepo.algorithms import ALGORITHMS
 from linepo.errors import InputError
 from linepo.sources import DTYPES, looks_local
+from linepo.workflow.inputs import check_prompt_sources, read_config_file
 from linepo.workflow.preflight import check_judge_files, check_model_folder, check_prompt_names
 
 #: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
@@ -31,6 +38,17 @@ from linepo.workflow.preflight import check_judge_files, check_model_folder, che
 #: whether the step fails, not what it writes, so raising it after a failure re-judges nothing.
 EXECUTION_KEYS = {"sampling": ("data_parallel",), "judge": ("data_parallel", "max_failed_fraction"),
                   "training": ("accelerate_config",)}
+
+#: transformers' ``SchedulerType`` names (5.x), written out: planning imports neither torch nor
+#: transformers (tests/test_config_holes.py checks them against the installed transformers).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+#: schedulers that need arguments linepo never passes (``lr_scheduler_kwargs``): why each fails
+_SCHEDULER_NEEDS = {"cosine_with_min_lr": "min_lr", "cosine_warmup_with_min_lr": "min_lr",
+                    "warmup_stable_decay": "num_decay_steps"}
+#: schedulers stepped by an evaluation loss: only with validation.enabled (the held-out pairs' loss)
+_SCHEDULER_ON_EVAL = ("reduce_lr_on_plateau", "greedy")
 
 
 def _schema() -> dict:
@@ -44,6 +62,8 @@ def _schema() -> dict:
     setting = schema["properties"]["synthetic"]["properties"]["settings"]["additionalProperties"]
     setting["properties"]["algorithms"]["items"]["enum"] = list(GAME_ALGORITHMS)
     schema["properties"]["policy"]["properties"]["dtype"]["enum"] = list(DTYPES)
+    for name in ("training", "training_override"):
+        schema["$defs"][name]["properties"]["lr_scheduler_type"]["enum"] = list(LR_SCHEDULERS)
     return schema
 
 
@@ -68,6 +88,30 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+def _check_finite(value, path=()) -> None:
+    """YAML's .nan and .inf are floats to the schema, and every bound test on a NaN passes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"config key {_key(path)}: {value}: not a finite number (YAML .nan or .inf); give a number")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(item, (*path, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, (*path, index))
+
+
+def _schema_message(error) -> str:
+    """The schema error as one line; an unknown key with the closest known one."""
+    if error.validator == "additionalProperties" and error.validator_value is False and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        unknown = [name for name in error.instance if name not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"
+            return f"config key {_key([*error.absolute_path, unknown[0]])}: unknown key ({hint})"
+    return f"config key {_key(error.absolute_path)}: {error.message}"
+
+
 def validate_config(config: dict) -> dict:
     """Return a validated deep copy of ``config`` with defaults filled in and execution keys moved.
 
@@ -76,33 +120,30 @@ def validate_config(config: dict) -> dict:
     """
     config = copy.deepcopy(dict(config))
     config.pop("_execution", None)  # ours: rebuilt below
+    _check_finite(config)
     errors = sorted(_DefaultingValidator(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        error = errors[0]
-        raise InputError(f"config key {_key(error.absolute_path)}: {error.message}")
+        raise InputError(_schema_message(errors[0]))
     config["_execution"] = _split_execution(config)
     _check_synthetic(config["synthetic"])
     _check_policy(config["policy"])
+    _check_sampling(config["sampling"])
+    _check_names(config)
+    _check_schedulers(config)
     _check_judge(config["judge"], "config key judge")
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run)
     _check_validation(config)
     check_prompt_names(config)
+    check_prompt_sources(config)
     config["evaluation"] = resolve_evaluation(config)
     _check_resources(config)
     return config
 
 
 def load_config(path: str) -> dict:
-    """Read a YAML file and validate it."""
-    try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    return validate_config(raw)
+    """Read a YAML file (a key given twice is refused) and validate it."""
+    return validate_config(read_config_file(path))
 
 
 # ----------------------------------------------------------------------------- execution keys
@@ -152,7 +193,13 @@ def _check_synthetic(section: dict) -> None:
 
 
 def _check_policy(section: dict) -> None:
+    from linepo.toy.world import check_style_mix
+
     sft = section["sft"]
+    try:
+        check_style_mix(section["embedded"]["style_mix"])
+    except InputError as err:
+        raise InputError(f"config key policy.embedded.{err}") from None
     if sft == "build" and not section["build"].get("base"):
         raise InputError("config key policy.build.base: required for sft: build (the model to fine-tune)")
     if sft not in ("embedded", "build") and looks_local(sft):
@@ -167,14 +214,54 @@ def _check_policy(section: dict) -> None:
     # What loading needs besides config.json (linepo.workflow.preflight): weights, and tokenizer
     # files unless policy.tokenizer gives them. Hub ids: checked where snakemake runs.
     remote, own_tokenizer = section["trust_remote_code"], tokenizer is None
+    pickle = {"pickle_key": "policy.allow_pickle_weights", "pickle_ok": bool(section.get("allow_pickle_weights"))}
     if sft == "build":
         check_model_folder(section["build"]["base"], "policy.build.base", what="base model", tokenizer=own_tokenizer,
-                           tokenizer_key="policy.tokenizer", remote_code=remote)
+                           tokenizer_key="policy.tokenizer", remote_code=remote, **pickle)
     elif sft != "embedded":
         check_model_folder(sft, "policy.sft", what="policy", tokenizer=own_tokenizer, tokenizer_key="policy.tokenizer",
-                           remote_code=remote)
+                           remote_code=remote, **pickle)
     if tokenizer is not None:
         check_model_folder(tokenizer, "policy.tokenizer", what="tokenizer", weights=False, remote_code=remote)
+
+
+def _check_sampling(section: dict) -> None:
+    if section["temperature"] <= 0:
+        raise InputError(f"config key sampling.temperature: {section['temperature']} is greedy decoding: the "
+                         "sampling.n responses to a prompt would be the same, leaving no preference pairs to train on; "
+                         "give a temperature > 0 (the paper: 0.8)")
+
+
+def _check_names(config: dict) -> None:
+    """Names become folder names (results/runs/<run>/, results/eval/alpaca_eval/<checkpoint>/,
+    results/synthetic/<setting>/): two that differ only in case are one folder on macOS and Windows."""
+    groups = [[("policy", "sft")] + [("runs", name) for name in config["runs"]]
+              + [("evaluation.checkpoints", name) for name in config["evaluation"]["checkpoints"]],
+              [("synthetic.settings", name) for name in config["synthetic"]["settings"]]]
+    for group in groups:
+        seen = {}
+        for section, name in group:
+            first = seen.setdefault(name.lower(), (section, name))
+            if first[1] != name:
+                other = "the SFT checkpoint sft" if first[0] == "policy" else f"{first[0]}.{first[1]}"
+                raise InputError(f"config key {section}.{name}: differs from {other} only in case: their result "
+                                 "folders are one on a case-insensitive file system (macOS, Windows); rename one")
+
+
+def _check_schedulers(config: dict) -> None:
+    places = [("training", config["training"])]
+    for name, run in config["runs"].items():
+        places.append((f"runs.{name}.training", run.get("training") or {}))
+        places += [(f"runs.{name}.round_overrides.{r}.training", o.get("training") or {})
+                   for r, o in run["round_overrides"].items()]
+    for key, section in places:
+        scheduler = section.get("lr_scheduler_type")
+        if scheduler in _SCHEDULER_NEEDS:
+            raise InputError(f"config key {key}.lr_scheduler_type: {scheduler} needs {_SCHEDULER_NEEDS[scheduler]} "
+                             "in lr_scheduler_kwargs, which linepo does not pass; choose another scheduler")
+        if scheduler in _SCHEDULER_ON_EVAL and not config["validation"]["enabled"]:
+            raise InputError(f"config key {key}.lr_scheduler_type: {scheduler} steps on an evaluation loss: "
+                             "set validation.enabled: true, or choose another scheduler")
 
 
 def _check_judge(section: dict, source: str) -> None:

@@ -29,9 +29,10 @@ from linepo.algorithms import ALGORITHMS
 #: policy dtype; eval_generate 2: each generation has its own random numbers; sample 3,
 #: eval_generate 3: the sampled token ids kept; score 3: scored as sampled, user text as text;
 #: judge 2, eval_compare 2: each failure says why; train 3: checkpoints saved with the parent's
-#: tokenizer, pad and use_cache (no pad token handed down); sft 3: saved with use_cache as the base.
-STAGE_VERSIONS = {"sft": 3, "prompts": 1, "sample": 3, "judge": 2, "score": 3, "train": 3,
-                  "eval_generate": 3, "eval_compare": 2}
+#: tokenizer, pad and use_cache (no pad token handed down); sft 3: saved with use_cache as the base;
+#: every stage +1: outputs record their content digest and inputs' (linepo.provenance).
+STAGE_VERSIONS = {"sft": 4, "prompts": 2, "sample": 4, "judge": 3, "score": 4, "train": 4,
+                  "eval_generate": 4, "eval_compare": 3}
 
 #: The split name of held-out validation data in node tables and paths (results/samples/r1/sval/...).
 VALIDATION_SPLIT = "val"

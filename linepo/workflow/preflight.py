@@ -4,7 +4,8 @@ fixed-path results belong to.
 *File checks* (called by :func:`linepo.workflow.config.validate_config`): a local folder that
 the config names as a model — the SFT policy, its tokenizer, the base to fine-tune, a judge —
 must hold what loading it needs: ``config.json``, weights (``model.safetensors``, or a
-sharded index and every shard it names, or ``pytorch_model.bin``), tokenizer files, and for a
+sharded index and every shard it names; ``pytorch_model.bin`` and its shards, pickles, only
+with ``allow_pickle_weights``), tokenizer files, and for a
 judge that reads its input in its chat template (``use_chat_template``, on by default) a
 chat template (``chat_template.jinja`` or ``tokenizer_config.json``'s ``chat_template``). An
 eval or validation prompt *file* takes no hub ``name``. Nothing is loaded: file lookups only.
@@ -44,8 +45,11 @@ LM_JUDGES = ("pairwise_lm", "reward_model")
 #: Any one of these is a tokenizer's vocabulary (tokenizer_config.json alone is not).
 VOCABULARY = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
               "sentencepiece.bpe.model")
-_SINGLE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SINGLE_WEIGHTS = ("model.safetensors",)
+_WEIGHT_INDEXES = ("model.safetensors.index.json",)
+#: pickle weights: accepted only with the opt-in (``policy.allow_pickle_weights``, a judge's own key)
+_PICKLE_SINGLE, _PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+_ONLY_PICKLE = "only pickle weights"
 _NO_WEIGHTS = "no weights (model.safetensors, or model.safetensors.index.json and its shards)"
 _NO_TOKENIZER = "no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)"
 _NO_TEMPLATE = "no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)"
@@ -71,10 +75,18 @@ def has_chat_template(folder: Path) -> bool:
         return False
 
 
-def _weights_problem(folder: Path) -> str | None:
+def _weights_problem(folder: Path, pickle_ok: bool = False) -> str | None:
     if any((folder / name).is_file() for name in _SINGLE_WEIGHTS):
         return None
-    for name in _WEIGHT_INDEXES:
+    singles, indexes = _SINGLE_WEIGHTS, _WEIGHT_INDEXES
+    if not any((folder / name).is_file() for name in indexes):
+        pickles = [name for name in (_PICKLE_SINGLE, _PICKLE_INDEX) if (folder / name).is_file()]
+        if pickles and not pickle_ok:
+            return f"{_ONLY_PICKLE} ({pickles[0]})"
+        singles, indexes = singles + (_PICKLE_SINGLE,), indexes + (_PICKLE_INDEX,)
+        if any((folder / name).is_file() for name in singles):
+            return None
+    for name in indexes:
         index = folder / name
         if not index.is_file():
             continue
@@ -88,15 +100,16 @@ def _weights_problem(folder: Path) -> str | None:
 
 
 def folder_problem(folder, *, weights: bool = True, tokenizer: bool = True, chat_template: bool = False,
-                   remote_code: bool = False) -> str | None:
+                   remote_code: bool = False, pickle_ok: bool = False) -> str | None:
     """What loading ``folder`` as a model (``weights``) and/or tokenizer would miss, as a noun
     phrase ("no config.json"); None when nothing. With ``remote_code`` a tokenizer may keep its
-    vocabulary in files of its own: ``tokenizer_config.json`` is enough."""
+    vocabulary in files of its own: ``tokenizer_config.json`` is enough. Pickle weights
+    (``pytorch_model.bin``) count only with ``pickle_ok``."""
     folder = Path(folder)
     if weights:
         if not (folder / "config.json").is_file():
             return "no config.json"
-        problem = _weights_problem(folder)
+        problem = _weights_problem(folder, pickle_ok)
         if problem:
             return problem
     if tokenizer:
@@ -108,7 +121,10 @@ def folder_problem(folder, *, weights: bool = True, tokenizer: bool = True, chat
     return None
 
 
-def _hint(problem: str, template_key: str | None, tokenizer_key: str | None) -> str:
+def _hint(problem: str, template_key: str | None, tokenizer_key: str | None, pickle_key: str | None = None) -> str:
+    if problem.startswith(_ONLY_PICKLE) and pickle_key:
+        return ("; linepo loads safetensors only: convert them (linepo import-policy --allow-pickle-weights "
+                f"--source <folder> --out <new folder>) or set {pickle_key}: true")
     if problem == _NO_TEMPLATE and template_key:
         return f"; set {template_key}: false to judge in plain text"
     if problem == _NO_TOKENIZER and tokenizer_key:
@@ -118,13 +134,14 @@ def _hint(problem: str, template_key: str | None, tokenizer_key: str | None) -> 
 
 def check_model_folder(value, key: str, *, what: str, weights: bool = True, tokenizer: bool = True,
                        template_key: str | None = None, tokenizer_key: str | None = None,
-                       remote_code: bool = False) -> None:
+                       remote_code: bool = False, pickle_key: str | None = None, pickle_ok: bool = False) -> None:
     """Config key ``key`` names a model (or tokenizer) ``value``: when that is a local folder (or
     can only mean one), it must hold what loading needs. Hub ids pass (:func:`check_environment`).
 
     Args:
         template_key: the judge's ``use_chat_template`` key: a chat template is required.
         tokenizer_key: the key that could name the tokenizer instead (said in the message).
+        pickle_key, pickle_ok: the key that allows pickle weights (said in the message), and its value.
 
     Raises:
         InputError: "config key <key>: <value>: <what is missing>".
@@ -138,14 +155,16 @@ def check_model_folder(value, key: str, *, what: str, weights: bool = True, toke
     if not path.is_dir():
         raise InputError(f"config key {key}: {text}: not a folder (a {what} is a folder)")
     problem = folder_problem(path, weights=weights, tokenizer=tokenizer, chat_template=template_key is not None,
-                             remote_code=remote_code)
+                             remote_code=remote_code, pickle_ok=pickle_ok)
     if problem:
-        raise InputError(f"config key {key}: {text}: {problem}{_hint(problem, template_key, tokenizer_key)}")
+        hint = _hint(problem, template_key, tokenizer_key, pickle_key)
+        raise InputError(f"config key {key}: {text}: {problem}{hint}")
 
 
 def _judge_needs(section: dict, key: str) -> dict:
     return {"what": "judge model", "template_key": f"{key}.use_chat_template" if section.get("use_chat_template", True)
-            else None, "remote_code": bool(section.get("trust_remote_code", False))}
+            else None, "remote_code": bool(section.get("trust_remote_code", False)),
+            "pickle_key": f"{key}.allow_pickle_weights", "pickle_ok": bool(section.get("allow_pickle_weights", False))}
 
 
 def check_judge_files(section: dict, key: str) -> None:
@@ -211,24 +230,26 @@ def _check_cached(value, key: str, offline: str, *, weights: bool = True, **need
         raise InputError(f"config key {key}: {text}: not in the Hugging Face cache, and {offline} is set: {later}")
     needs.pop("what", None)
     template_key, tokenizer_key = needs.pop("template_key", None), needs.pop("tokenizer_key", None)
+    pickle_key = needs.pop("pickle_key", None)
     problem = folder_problem(snapshot, weights=weights, chat_template=template_key is not None, **needs)
     if problem:
         raise InputError(f"config key {key}: {text}: its copy in the Hugging Face cache has {problem}"
-                         f"{_hint(problem, template_key, tokenizer_key)}, and {offline} is set: {later}")
+                         f"{_hint(problem, template_key, tokenizer_key, pickle_key)}, and {offline} is set: {later}")
 
 
 def _check_hub_cache(config: dict, plan, offline: str) -> None:
     policy, runs = config["policy"], bool(config["runs"])
     remote = bool(policy["trust_remote_code"])
+    pickle = {"pickle_key": "policy.allow_pickle_weights", "pickle_ok": bool(policy.get("allow_pickle_weights"))}
     imported = plan is not None and Path(plan.policy_dir(plan.sft)).is_dir()  # nothing to download any more
     if policy["sft"] != "embedded" and not imported:
         own_tokenizer = policy.get("tokenizer") is None
         if policy["sft"] == "build":
             _check_cached(policy["build"]["base"], "policy.build.base", offline, tokenizer=own_tokenizer,
-                          tokenizer_key="policy.tokenizer", remote_code=remote)
+                          tokenizer_key="policy.tokenizer", remote_code=remote, **pickle)
         else:
             _check_cached(policy["sft"], "policy.sft", offline, tokenizer=own_tokenizer,
-                          tokenizer_key="policy.tokenizer", remote_code=remote)
+                          tokenizer_key="policy.tokenizer", remote_code=remote, **pickle)
         if not own_tokenizer:
             _check_cached(policy["tokenizer"], "policy.tokenizer", offline, weights=False, remote_code=remote)
     judges = [("judge", config["judge"])] if runs else []

@@ -65,6 +65,14 @@ class Wiring:
         return "--trust-remote-code" if self.config["policy"]["trust_remote_code"] else ""
 
     @property
+    def import_flags(self) -> str:
+        """The SFT import / build jobs' flags: the only jobs that read user weights (later jobs read
+        results/ safetensors), so only they take ``--allow-pickle-weights``; "" adds nothing to
+        ``remote_code`` when pickles are off (params unchanged: nothing reruns)."""
+        pickle = "--allow-pickle-weights" if self.config["policy"].get("allow_pickle_weights") else ""
+        return " ".join(flag for flag in (self.remote_code, pickle) if flag)
+
+    @property
     def runtime(self) -> str:
         return f"--dtype {self.config['policy']['dtype']} {self.remote_code}"
 
@@ -112,7 +120,8 @@ class Wiring:
         """``linepo prompts`` flags of the eval prompts (the embedded source's held-out split by default)."""
         section = self.config["eval_prompts"]
         split = section["split"] or ("eval" if section["source"] == "embedded" else None)
-        return cli_flags({**section, "split": split}, ["split", "prompt_column", "max_prompts", "name"])
+        return cli_flags({**section, "split": split}, ["split", "prompt_column", "max_prompts", "max_prompt_chars",
+                                                        "name"])
 
     # -- per-run outputs
     def steps_json(self, run: str) -> str:

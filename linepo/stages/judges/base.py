@@ -164,7 +164,11 @@ def load_judge_config(spec: str, *, option: str = "--judge-config") -> tuple[dic
         label = f"{option} {path}"
         if not path.is_file():
             raise InputError(f"{option}: file not found: {path}")
-        raw = path.read_text(encoding="utf-8")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start}); "
+                             "save it as UTF-8") from None
         try:
             if path.suffix.lower() == ".json":
                 config = json.loads(raw)

@@ -17,6 +17,8 @@ class LMJudgeSettings:
 
     model: str | None = setting(None, "the judge model: a local folder or a Hugging Face hub id")
     trust_remote_code: bool = setting(False, "run the checkpoint's own modelling code")
+    allow_pickle_weights: bool = setting(False, "load pytorch_model.bin (pickle) weights when the model folder "
+                                         "has no safetensors")
     dtype: str = setting("auto", "auto: bf16 on a GPU, fp32 on a CPU (bf16 is slow there)", choices=DTYPES)
     device: str | None = setting(None, "a torch device, e.g. cuda:1; default cuda when there is one")
     batch_size: int = setting(8, "sequences per forward pass", low=1)
@@ -75,16 +77,36 @@ def template_sha256(tokenizer) -> str | None:
     return hashlib.sha256(str(template).encode()).hexdigest()
 
 
-def load_error(source: str, model: str, err: Exception) -> InputError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return judge_error(source, "model", f"{model}: cannot load ({first})")
+def load_error(source: str, model: str, err: Exception, allow_pickle_weights: bool = True) -> InputError:
+    from linepo.stages.models import load_failure
+
+    return judge_error(source, "model", str(load_failure(model, "judge model", err, allow_pickle_weights,
+                                                          pickle_opt_in(source))))
 
 
-def load_causal_lm(source: str, model: str, trust_remote_code: bool, device, dtype: str):
-    from linepo.stages.models import load_policy  # the one loader of causal LMs (left padding, pad token)
+def pickle_opt_in(source: str) -> str:
+    """How a judge opts in to pickle weights, in the refusal's words."""
+    return f"allow_pickle_weights: true in {source.removeprefix('config key ')}"
+
+
+def check_judge_weights(source: str, model: str, allow_pickle_weights: bool) -> None:
+    """A judge folder with only pickle weights is refused unless its config opts in."""
+    from linepo.stages.models import check_weights_format
 
     try:
-        return load_policy(model, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+        check_weights_format(model, allow_pickle_weights, pickle_opt_in(source))
+    except InputError as err:
+        raise judge_error(source, "model", str(err)) from None
+
+
+def load_causal_lm(source: str, model: str, trust_remote_code: bool, device, dtype: str,
+                   allow_pickle_weights: bool = False):
+    from linepo.stages.models import load_policy  # the one loader of causal LMs (left padding, pad token)
+
+    check_judge_weights(source, model, allow_pickle_weights)
+    try:
+        return load_policy(model, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
+                           allow_pickle_weights=allow_pickle_weights)
     except InputError as err:
         raise judge_error(source, "model", str(err)) from err
 

@@ -108,7 +108,7 @@ class PairwiseLMJudge(Judge):
         if len(choices) != 2 or not all(isinstance(c, str) and c for c in choices) or choices[0] == choices[1]:
             raise judge_error(source, "choices", f"must be two different non-empty strings, got {choices!r}")
         device, dtype = device_and_dtype(s, source)
-        lm, tokenizer = load_causal_lm(source, model, s.trust_remote_code, device, dtype)
+        lm, tokenizer = load_causal_lm(source, model, s.trust_remote_code, device, dtype, s.allow_pickle_weights)
         require_chat_template(tokenizer, s, source, model)
         try:
             judge = cls(lm, tokenizer, batch_size=s.batch_size, max_length=s.max_length,

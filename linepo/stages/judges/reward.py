@@ -8,8 +8,8 @@ import numpy as np
 
 from linepo.settings import setting
 from linepo.stages.judges.base import Judge, read_settings
-from linepo.stages.judges.hf import (LMJudgeSettings, batches, device_and_dtype, judge_error, load_error,
-                                     model_source, pad_id, require_chat_template, template_sha256)
+from linepo.stages.judges.hf import (LMJudgeSettings, batches, check_judge_weights, device_and_dtype, judge_error,
+                                     load_error, model_source, pad_id, require_chat_template, template_sha256)
 from linepo.stages.text import encode_rendered, marker
 
 
@@ -51,13 +51,17 @@ class RewardModelJudge(Judge):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from linepo.stages.models import load_errors, weight_format_kwargs
+
+        check_judge_weights(source, model, s.allow_pickle_weights)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=s.trust_remote_code)
             rm = AutoModelForSequenceClassification.from_pretrained(
-                model, trust_remote_code=s.trust_remote_code, dtype=getattr(torch, dtype)
+                model, trust_remote_code=s.trust_remote_code, dtype=getattr(torch, dtype),
+                **weight_format_kwargs(s.allow_pickle_weights)
             )
-        except (OSError, ValueError, KeyError) as err:
-            raise load_error(source, model, err) from err
+        except (*load_errors(), KeyError) as err:
+            raise load_error(source, model, err, s.allow_pickle_weights) from err
         if rm.config.num_labels != 1:
             raise judge_error(source, "model", f"{model}: a reward model needs num_labels = 1, not {rm.config.num_labels}")
         require_chat_template(tokenizer, s, source, model)

@@ -27,7 +27,7 @@ FINGERPRINT_FILE = "linepo_train.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: Settings that change how often things are written, not what is computed: a rerun with
 #: other values still resumes.
-_NOT_FINGERPRINTED = ("save_steps", "save_total_limit", "logging_steps")
+_NOT_FINGERPRINTED = ("save_steps", "save_total_limit", "logging_steps", "allow_pickle_weights")
 
 
 def _checkpoint_step(path: Path) -> int | None:

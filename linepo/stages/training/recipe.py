@@ -19,6 +19,9 @@ is the *global* batch, and each process takes ``batch_size / (N × gradient_accu
 pairs per forward, every N-th micro-batch of the one seeded order, so a step trains on the
 pairs a single process would (tests/test_training_multiprocess.py). Rank 0 alone prepares
 the side folder, writes the final policy atomically and removes the side folder.
+
+This module is long because one class holds a training job's whole lifecycle, whose order
+is the point (resume check, train, select, save plain or sharded, provenance, cleanup).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import time
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.provenance import write_folder_provenance
+from linepo.schemas import remove_stale_temporaries
 from linepo.stages.training.checkpoints import (FINGERPRINT_FILE, SELECTION_FILE, BestCheckpoints,
                                                 _as_saved, _best_checkpoints_callback, _checkpoint_step,
                                                 _clear_side_folder, fingerprint, latest_checkpoint)
@@ -153,7 +158,8 @@ class PreferenceTraining:
         # The parent is upcast to the master dtype whatever dtype it was saved in; bf16 autocast
         # (settings.bf16) then runs the matmuls in bf16 while AdamW updates fp32 weights.
         model, tokenizer = load_policy(self.policy, trust_remote_code=self.settings.trust_remote_code,
-                                       dtype=self.settings.master_dtype)
+                                       dtype=self.settings.master_dtype,
+                                       allow_pickle_weights=self.settings.allow_pickle_weights)
         self.pad_token_id = tokenizer.pad_token_id
         self.tokenizer = _as_saved(resolve_policy(self.policy), model,
                                    trust_remote_code=self.settings.trust_remote_code)
@@ -238,6 +244,7 @@ class PreferenceTraining:
 
         state = PartialState()  # already set up by TrainingArguments
         if state.is_main_process:
+            remove_stale_temporaries(self.out)  # now, not when saving hours later: they can be GBs
             expected = fingerprint(self.policy, self.scored, self.settings, num_processes, self.validation)
             record = self.resume_dir / FINGERPRINT_FILE
             if self.resume_dir.is_dir():
@@ -322,12 +329,16 @@ class PreferenceTraining:
 
                 was_training = model.training
                 model.eval()
-                save_policy(model, self.tokenizer, folder)
+                save_policy(model, self.tokenizer, folder, inputs=self.inputs())
                 model.train(was_training)
         finally:
             if training_use_cache is not None:
                 model.config.use_cache = training_use_cache
         trainer.accelerator.wait_for_everyone()
+
+    def inputs(self) -> list:
+        """What the policy is made from, for its provenance file: the parent and the scored pairs."""
+        return [self.policy, *self.scored, *self.validation]
 
     def _save_sharded(self, folder: Path) -> None:
         """DeepSpeed/FSDP: every process joins ``save_model`` (it gathers the weights), rank 0 renames."""
@@ -339,6 +350,7 @@ class PreferenceTraining:
         trainer.save_model(str(tmp))
         if trainer.args.should_save:
             self.tokenizer.save_pretrained(tmp)
+            write_folder_provenance(tmp, self.inputs())
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
@@ -348,6 +360,7 @@ class PreferenceTraining:
         import tempfile
 
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
         try:
             for child in saved.iterdir():

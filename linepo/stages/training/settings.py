@@ -78,6 +78,8 @@ class TrainSettings:
     activation_checkpointing: bool = setting(False, "recompute activations in backward (less memory)", flag=False)
     full_determinism: bool = setting(False, "torch deterministic algorithms (GPU runs; CPU is already)", flag=False)
     trust_remote_code: bool = setting(False, "run the checkpoint's own modelling code", flag=False)
+    allow_pickle_weights: bool = setting(False, "load the parent's pytorch_model.bin when it has no safetensors",
+                                         flag=False)
 
     @property
     def tau(self) -> float:
