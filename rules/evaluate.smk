@@ -79,7 +79,7 @@ rule eval_compare:
     output:
         EVAL.comparison_path("{comparison}"),
     params:
-        judge=json.dumps(EVAL.judge, sort_keys=True),
+        judge=WIRING.eval_judge_spec(EVAL.judge),
     log:
         "logs/eval/comparisons/{comparison}.log",
     benchmark:

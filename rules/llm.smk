@@ -158,7 +158,7 @@ rule judge:
     output:
         PATHS["judgments"],
     params:
-        judge=json.dumps(config["judge"], sort_keys=True),
+        judge=WIRING.judge_spec,
         seed=lambda wc: node_seed(wc.prefs),
         shards=WIRING.judge_shards,
         max_failed=WIRING.judge_failure_limit,

@@ -36,8 +36,13 @@ from linepo.workflow.preflight import check_judge_files, check_model_folder, che
 #: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
 #: ``judge.max_failed_fraction`` is here too: a limit on what a judging step may lose decides
 #: whether the step fails, not what it writes, so raising it after a failure re-judges nothing.
-EXECUTION_KEYS = {"sampling": ("data_parallel",), "judge": ("data_parallel", "max_failed_fraction"),
+#: ``judge.share_prefixes`` too: prefix-shared judging gives the same probabilities (within 1e-5
+#: in float32), so switching it is a matter of speed.
+EXECUTION_KEYS = {"sampling": ("data_parallel",),
+                  "judge": ("data_parallel", "max_failed_fraction", "share_prefixes"),
                   "training": ("accelerate_config",)}
+#: judge types that read ``share_prefixes`` (the others have no shared prefixes to run once)
+_SHARING_JUDGES = ("pairwise_lm",)
 
 #: transformers' ``SchedulerType`` names (5.x), written out: planning imports neither torch nor
 #: transformers (tests/test_config_holes.py checks them against the installed transformers).
@@ -158,16 +163,28 @@ def _split_execution(config: dict) -> dict:
     execution = {}
     for section, keys in EXECUTION_KEYS.items():
         execution[section] = {key: config[section].pop(key) for key in keys if key in config[section]}
+    _check_sharing(config["judge"].get("type"), execution["judge"], "judge")
     judge = config["evaluation"].get("judge")
     execution["evaluation"] = {}
     if isinstance(judge, dict):
         judge.pop("data_parallel", None)  # comparisons run in one process; never part of what is judged
-        if "max_failed_fraction" in judge:  # a cell's limit: read by the win-rate tables, not the comparisons
-            execution["evaluation"]["max_failed_fraction"] = judge.pop("max_failed_fraction")
+        for key in ("max_failed_fraction", "share_prefixes"):  # the limit is read by the win-rate tables
+            if key in judge:
+                execution["evaluation"][key] = judge.pop(key)
+        _check_sharing(judge.get("type"), execution["evaluation"], "evaluation.judge")
+    elif "share_prefixes" in execution["judge"]:  # the eval judge is the training judge: runs as it does
+        execution["evaluation"]["share_prefixes"] = execution["judge"]["share_prefixes"]
     path = execution["training"].get("accelerate_config")
     if path is not None and not Path(path).expanduser().is_file():
         raise InputError(f"config key training.accelerate_config: {path}: file not found")
     return execution
+
+
+def _check_sharing(judge_type, execution: dict, key: str) -> None:
+    """``share_prefixes`` only where the judge reads it: a stripped key must not vanish silently."""
+    if "share_prefixes" in execution and judge_type not in _SHARING_JUDGES:
+        raise InputError(f"config key {key}.share_prefixes: only a judge of type {', '.join(_SHARING_JUDGES)} "
+                         f"shares prefixes, this one is {judge_type}; remove the key")
 
 
 # ----------------------------------------------------------------------------- sections

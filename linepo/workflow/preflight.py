@@ -264,11 +264,12 @@ def _check_hub_cache(config: dict, plan, offline: str) -> None:
 def _check_backends(config: dict) -> None:
     import importlib.util
 
-    runs = bool(config["runs"])
-    uses = [("sampling.backend", config["sampling"]["backend"])] if runs else []
-    if runs and config["evaluation"]["enabled"]:
-        uses.append(("evaluation.decoding.backend", config["evaluation"]["decoding"]["backend"]))
-    for key, backend in uses:
+    evaluation = config["evaluation"]
+    uses = [("sampling.backend", config["sampling"]["backend"]), ("judge.backend", config["judge"].get("backend"))]
+    if evaluation["enabled"]:
+        uses += [("evaluation.decoding.backend", evaluation["decoding"]["backend"]),
+                 ("evaluation.judge.backend", (evaluation["judge"] or {}).get("backend"))]
+    for key, backend in uses if config["runs"] else []:
         if backend != "vllm":
             continue
         try:

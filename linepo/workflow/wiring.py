@@ -98,6 +98,15 @@ class Wiring:
         """The eval judge's own limit, else the training judge's (its judge defaults to that one)."""
         return self.config["_execution"].get("evaluation", {}).get("max_failed_fraction", self.judge_failure_limit)
 
+    # -- the judge's config as the jobs read it: the recipe plus how it runs (share_prefixes)
+    @property
+    def judge_spec(self) -> str:
+        return _judge_json(self.config["judge"], self.config["_execution"]["judge"])
+
+    def eval_judge_spec(self, judge: dict) -> str:
+        """``judge``: the eval judge (the training judge's copy when evaluation.judge is unset)."""
+        return _judge_json(judge, self.config["_execution"].get("evaluation", {}))
+
     def train_launch(self, wildcards, resources) -> str:
         """``--num-processes N`` (one per GPU of the job) and the accelerate config, for linepo train."""
         launch = f"--num-processes {shard_count({}, resources.gpu)}"
@@ -161,3 +170,9 @@ class Wiring:
         if self.eval.curves:
             targets.append("results/summary/curves.tsv")
         return targets
+
+
+def _judge_json(judge: dict, execution: dict) -> str:
+    """The judge config for ``--judge-config``; unchanged (same params) when share_prefixes is unset."""
+    extra = {"share_prefixes": execution["share_prefixes"]} if "share_prefixes" in execution else {}
+    return json.dumps({**judge, **extra}, sort_keys=True)

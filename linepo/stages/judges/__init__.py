@@ -8,7 +8,8 @@
 - ``synthetic`` (default, pure numpy; :mod:`.synthetic`): each response falls in a category
   by an observable feature and P is read off a preference matrix over the categories;
 - ``pairwise_lm`` (:mod:`.pairwise`): a generative pairwise judge in the format of
-  Llama-3-OffsetBias-8B (the paper's oracle), read from next-token probabilities, both orders;
+  Llama-3-OffsetBias-8B (the paper's oracle), read from next-token probabilities, both orders
+  (``backend: vllm``: :mod:`.vllm_judge`);
 - ``reward_model`` (:mod:`.reward`): a Bradley–Terry reward model, P = σ(r_a − r_b).
 
 Each type's config keys are the fields of its settings dataclass (SyntheticSettings,
@@ -37,6 +38,10 @@ __all__ = [
 
 
 def _pairwise(config: dict, source: str):
+    if config.get("backend") == "vllm":  # any other value: the transformers class checks it
+        from linepo.stages.judges.vllm_judge import VLLMPairwiseJudge
+
+        return VLLMPairwiseJudge.from_config(config, source)
     from linepo.stages.judges.pairwise import PairwiseLMJudge  # transformers-free until built
 
     return PairwiseLMJudge.from_config(config, source)

@@ -12,7 +12,11 @@ from linepo.stages.judges.hf import (ChatRenderer, LMJudgeSettings, batches, dev
                                      load_causal_lm, model_source, pad_id, require_chat_template, template_sha256,
                                      water_fill)
 from linepo.stages.judges.offsetbias import OFFSETBIAS_ANSWER_PREFIX, OFFSETBIAS_CHOICES, OFFSETBIAS_USER_TEMPLATE
+from linepo.stages.judges.prefix import PrefixRunner, cache_argument
 from linepo.stages.text import encode_rendered, encode_text, marker, spells_a_special_token
+
+#: how a pairwise judge runs its sequences (``vllm``: :mod:`linepo.stages.judges.vllm_judge`)
+BACKENDS = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,11 @@ class PairwiseLMSettings(LMJudgeSettings):
     system_prompt: str | None = setting(None, "a system message before it (none by default)")
     answer_prefix: str = setting(OFFSETBIAS_ANSWER_PREFIX, "the forced start of the judge's answer")
     choices: list = setting(list(OFFSETBIAS_CHOICES), "the two answers, for Output (a) and Output (b)")
+    share_prefixes: bool = setting(True, "run a prompt's shared head + instruction, and each first response, once "
+                                   "(KV cache; same probabilities to float rounding); false, or a model without "
+                                   "DynamicCache support: every sequence whole")
+    backend: str = setting("transformers", "transformers (this process's forwards) or vllm (a vLLM engine with "
+                           "prefix caching; probabilities to kernel rounding; GPU only)", choices=BACKENDS)
 
 
 class PairwiseLMJudge(Judge):
@@ -45,6 +54,7 @@ class PairwiseLMJudge(Judge):
     """
 
     name = "pairwise_lm"
+    backend = "transformers"
 
     def __init__(
         self,
@@ -60,14 +70,12 @@ class PairwiseLMJudge(Judge):
         choices=OFFSETBIAS_CHOICES,
         use_chat_template: bool = True,
         device=None,
+        share_prefixes: bool = True,
     ):
-        import inspect
-
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length, self.min_answer_mass = batch_size, max_length, min_answer_mass
         self.user_template = user_template
         self.answer_prefix = answer_prefix
-        self.device = device if device is not None else next(model.parameters()).device
         self.chunk_size = max(256, 32 * batch_size)
         self.renderer = ChatRenderer(tokenizer, system_prompt, use_chat_template)
         self.pad_id = pad_id(tokenizer)
@@ -82,9 +90,8 @@ class PairwiseLMJudge(Judge):
         # first token where the two answers differ.
         self.forced_ids = ids_a[:common]
         self.choice_ids = (ids_a[common], ids_b[common])
-        parameters = inspect.signature(model.forward).parameters
-        self._keep_last = "logits_to_keep" in parameters
-        self._positions = "position_ids" in parameters
+        self._setup_model(model, device, share_prefixes)
+        self.tokens_run = 0  # token positions the unshared path ran (padding included), over its lifetime
         self.overhead = len(self._encode_texts([self._conversation("", "", "")])[0]) + len(self.forced_ids)
         self._head = self._tokenized_head()
         self.failures = 0  # comparisons failed over this judge's lifetime
@@ -92,9 +99,32 @@ class PairwiseLMJudge(Judge):
         self._too_long = 0
         self._masses = np.zeros(0)
 
+    def _setup_model(self, model, device, share_prefixes: bool) -> None:
+        """What the forwards need to know of the model (the vLLM backend has none of it)."""
+        import inspect
+
+        self.device = device if device is not None else next(model.parameters()).device
+        parameters = inspect.signature(model.forward).parameters
+        self._keep_last = "logits_to_keep" in parameters
+        self._positions = "position_ids" in parameters
+        self._prefixes = None  # runs prefix-shared forwards (linepo.stages.judges.prefix), when the model can
+        cache_name = cache_argument(model) if share_prefixes else None
+        if cache_name is not None:
+            self._prefixes = PrefixRunner(model, cache_name, self.batch_size, self.pad_id, self.device,
+                                          self._keep_last)
+
+    @classmethod
+    def _load(cls, s: PairwiseLMSettings, source: str, model: str) -> tuple:
+        """``(model, tokenizer, device)`` of a checked config."""
+        device, dtype = device_and_dtype(s, source)
+        lm, tokenizer = load_causal_lm(source, model, s.trust_remote_code, device, dtype, s.allow_pickle_weights)
+        return lm, tokenizer, device
+
     @classmethod
     def from_config(cls, config: dict, source: str) -> PairwiseLMJudge:
         s = read_settings(PairwiseLMSettings, config, source)
+        if s.backend != cls.backend:  # make_judge picks the class of the backend
+            raise judge_error(source, "backend", f"{cls.__name__} runs backend {cls.backend}, not {s.backend}")
         model = model_source(s, source)
         template = s.user_template
         try:
@@ -107,14 +137,13 @@ class PairwiseLMJudge(Judge):
         choices = s.choices
         if len(choices) != 2 or not all(isinstance(c, str) and c for c in choices) or choices[0] == choices[1]:
             raise judge_error(source, "choices", f"must be two different non-empty strings, got {choices!r}")
-        device, dtype = device_and_dtype(s, source)
-        lm, tokenizer = load_causal_lm(source, model, s.trust_remote_code, device, dtype, s.allow_pickle_weights)
+        lm, tokenizer, device = cls._load(s, source, model)
         require_chat_template(tokenizer, s, source, model)
         try:
             judge = cls(lm, tokenizer, batch_size=s.batch_size, max_length=s.max_length,
                         min_answer_mass=s.min_answer_mass, user_template=template, system_prompt=s.system_prompt,
                         answer_prefix=s.answer_prefix, choices=tuple(choices), use_chat_template=s.use_chat_template,
-                        device=device)
+                        device=device, share_prefixes=s.share_prefixes)
         except ValueError as err:
             raise judge_error(source, "choices", str(err)) from err
         if judge.overhead + 16 > s.max_length:
@@ -128,8 +157,9 @@ class PairwiseLMJudge(Judge):
         return self.renderer(self.user_template.format(input=instruction, output_1=first, output_2=second))
 
     def describe(self) -> dict:
-        """What the judgments file records of this judge beyond its config: the chat template used."""
-        return {"chat_template_sha256": template_sha256(self.tokenizer) if self.renderer.templated else None}
+        """What the judgments file records of this judge beyond its config: the chat template used, the backend."""
+        return {"backend": self.backend,
+                "chat_template_sha256": template_sha256(self.tokenizer) if self.renderer.templated else None}
 
     def format_prompt(self, instruction: str, first: str, second: str) -> str:
         """The exact text the judge reads for Output (a) = first, Output (b) = second."""
@@ -214,34 +244,36 @@ class PairwiseLMJudge(Judge):
             budget -= len(ids) - self.max_length
         return None
 
+    def _sequences(self, triples: list[tuple[str, str, str]]) -> list[list[int] | None]:
+        """The token ids judged for each (instruction, first, second), cut to fit; None: cannot be."""
+        sequences = []
+        for triple, ids in zip(triples, self._encode_conversations(triples)):
+            ids = ids + self.forced_ids
+            sequences.append(ids if len(ids) <= self.max_length else self._truncated(*triple))
+        return sequences
+
     # -- model
 
-    def _first_choice_probs(self, sequences: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
-        """p(first choice) / mass of the two choices, and whether each sequence failed."""
-        import torch
+    @property
+    def tokens_computed(self) -> int:
+        """Token positions run through the model so far (padding included), both paths."""
+        return self.tokens_run + (self._prefixes.tokens if self._prefixes is not None else 0)
 
+    def _first_choice_probs(self, sequences: list[list[int] | None],
+                            keys: list[tuple] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """p(first choice) / mass of the two choices, and whether each sequence failed.
+
+        ``keys[i]``: (instruction, first response) of sequence i, the groups whose token
+        prefixes the prefix-shared path looks for; without them every sequence runs whole.
+        """
         n = len(sequences)
         p_first = np.full(n, np.nan)
         failed = np.ones(n, dtype=bool)
         self._masses = np.full(n, np.nan)  # p(a) + p(b) at the answer, for failure reasons
-        runnable = [i for i, s in enumerate(sequences) if s is not None]
-        if not runnable:
+        rows = [i for i, s in enumerate(sequences) if s is not None]
+        if not rows:
             return p_first, failed
-        choice = torch.tensor(self.choice_ids, device=self.device)
-        rows, results = [], []
-        with torch.inference_mode():
-            for indices, ids, mask, positions in batches([sequences[i] for i in runnable], self.batch_size,
-                                                          self.pad_id, self.device):
-                kwargs = {"input_ids": ids, "attention_mask": mask}
-                if self._positions:
-                    kwargs["position_ids"] = positions
-                if self._keep_last:
-                    kwargs["logits_to_keep"] = 1  # the answer position only: no full-vocab logits elsewhere
-                logits = self.model(**kwargs).logits[:, -1, :].float()
-                # Stay on the device: one copy to the host at the end, not a sync per batch.
-                results.append(torch.log_softmax(logits, dim=-1).index_select(1, choice))
-                rows.extend(runnable[i] for i in indices)
-            logp = torch.cat(results).double().cpu().numpy()
+        logp = self._choice_logprobs([sequences[i] for i in rows], None if keys is None else [keys[i] for i in rows])
         mass = np.exp(logp).sum(axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             p = 1.0 / (1.0 + np.exp(logp[:, 1] - logp[:, 0]))
@@ -249,6 +281,27 @@ class PairwiseLMJudge(Judge):
         self._masses[rows] = mass
         failed[rows] = ~(np.isfinite(mass) & (mass >= self.min_answer_mass) & np.isfinite(p))
         return p_first, failed
+
+    def _choice_logprobs(self, sequences: list[list[int]], keys: list[tuple] | None) -> np.ndarray:
+        """log p of the two choice tokens after each sequence, ``(len(sequences), 2)`` float64, in order."""
+        import torch
+
+        choice = torch.tensor(self.choice_ids, device=self.device)
+        with torch.inference_mode():
+            if self._prefixes is not None and keys is not None:
+                return self._prefixes.choice_logprobs(sequences, keys, choice).cpu().numpy()
+            # Stay on the device: one copy to the host at the end, not a sync per batch.
+            out = torch.empty((len(sequences), 2), dtype=torch.float64, device=self.device)
+            for indices, ids, mask, positions in batches(sequences, self.batch_size, self.pad_id, self.device):
+                self.tokens_run += ids.numel()
+                kwargs = {"input_ids": ids, "attention_mask": mask}
+                if self._positions:
+                    kwargs["position_ids"] = positions
+                if self._keep_last:
+                    kwargs["logits_to_keep"] = 1  # the answer position only: no full-vocab logits elsewhere
+                logits = self.model(**kwargs).logits[:, -1, :].float()
+                out[indices] = torch.log_softmax(logits, dim=-1).index_select(1, choice).double()
+            return out.cpu().numpy()
 
     def _reason(self, sequence_index: int, sequences) -> str:
         """Why one judged sequence failed, in words a user can act on."""
@@ -286,12 +339,8 @@ class PairwiseLMJudge(Judge):
             x, y = (b, a) if swapped[i] else (a, b)
             pair_of[i] = (keys.setdefault((prompt, x, y), len(keys)), keys.setdefault((prompt, y, x), len(keys)))
         triples = list(keys)
-        sequences: list[list[int] | None] = []
-        encoded = self._encode_conversations(triples)
-        for triple, ids in zip(triples, encoded):
-            ids = ids + self.forced_ids
-            sequences.append(ids if len(ids) <= self.max_length else self._truncated(*triple))
-        p_first, seq_failed = self._first_choice_probs(sequences)
+        sequences = self._sequences(triples)
+        p_first, seq_failed = self._first_choice_probs(sequences, [t[:2] for t in triples])
         reasons: list = [None] * n
         for k in np.flatnonzero(seq_failed):
             if sequences[k] is None:
