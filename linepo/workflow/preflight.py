@@ -47,7 +47,7 @@ VOCABULARY = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "s
               "sentencepiece.bpe.model")
 _SINGLE_WEIGHTS = ("model.safetensors",)
 _WEIGHT_INDEXES = ("model.safetensors.index.json",)
-#: pickle weights: accepted only with the opt-in (``policy.allow_pickle_weights``, a judge's own key)
+#: pickle weights (linepo.stages.models.pickle_weights decides which files): only with the opt-in
 _PICKLE_SINGLE, _PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 _ONLY_PICKLE = "only pickle weights"
 _NO_WEIGHTS = "no weights (model.safetensors, or model.safetensors.index.json and its shards)"
@@ -80,7 +80,8 @@ def _weights_problem(folder: Path, pickle_ok: bool = False) -> str | None:
         return None
     singles, indexes = _SINGLE_WEIGHTS, _WEIGHT_INDEXES
     if not any((folder / name).is_file() for name in indexes):
-        pickles = [name for name in (_PICKLE_SINGLE, _PICKLE_INDEX) if (folder / name).is_file()]
+        from linepo.stages.models import pickle_weights  # the loader's own rule
+        pickles = pickle_weights(folder)
         if pickles and not pickle_ok:
             return f"{_ONLY_PICKLE} ({pickles[0]})"
         singles, indexes = singles + (_PICKLE_SINGLE,), indexes + (_PICKLE_INDEX,)
