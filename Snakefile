@@ -30,7 +30,12 @@ rule all:
         EVAL_TARGETS,
 
 
+onerror:
+    stop_warm_jobs()
+
+
 onsuccess:
+    stop_warm_jobs()
     # The default experiment's headline: each run's last-iterate exploitability.
     table = Path("results/summary/exploitability.tsv")
     if table.exists():

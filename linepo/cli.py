@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command: a local workflow's warm-job server may run it (linepo.warm)
+        from linepo.warm.client import run_warm
+
+        code = run_warm(sys.argv[1:])
+        if code is not None:
+            return code
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -9,6 +9,7 @@ from linepo.workflow.config import validate_config
 from linepo.workflow.inputs import check_config_files, workflow_config_files
 from linepo.workflow.plan import Plan
 from linepo.workflow.preflight import check_environment, outputs_to_run, record_outputs, warn_on_config_switch
+from linepo.warm.server import start as start_warm_jobs, stop as stop_warm_jobs
 from linepo.workflow.wiring import ID, NAME, Wiring, checked, cli_flags, node_seed
 
 try:
@@ -27,6 +28,9 @@ except InputError as err:
 onstart:
     # Jobs are about to run (never in a dry run): record this config as the writer of its fixed-path outputs.
     record_outputs(WIRING, outputs_to_run(workflow.dag))
+    # Local jobs' `linepo` commands fork from one process that imported torch once (LINEPO_WARM=0: off);
+    # stopped by the Snakefile's onsuccess/onerror.
+    start_warm_jobs(workflow.local_exec and workflow.is_main_process)
 
 
 PLAN = WIRING.plan
