@@ -94,7 +94,7 @@ def run_warm(argv: list[str]) -> int | None:
         import linepo
 
         send_message(sock, {"argv": list(argv), "argv0": sys.argv[0] if sys.argv else "linepo",
-                            "cwd": os.getcwd(), "umask": umask, "env": dict(os.environ),
+                            "cwd": os.getcwd(), "umask": umask, "client": os.getpid(), "env": dict(os.environ),
                             "executable": [os.path.realpath(sys.executable), sys.prefix], "linepo": os.path.abspath(linepo.__file__)},
                      fds=(0, 1, 2))
         reply, _ = receive_message(sock)

@@ -289,6 +289,7 @@ def _launch(conn, request, fds, listener, selector, jobs, environ, unfit) -> Non
         selector.register(conn, selectors.EVENT_READ, ("client", job))
         selector.register(job["pidfd"], selectors.EVENT_READ, ("exit", job))
         send_message(conn, {"pid": pid})
+        log(f"{pid} {job['argv']} started for client {request.get('client')}")
     except OSError:
         conn.close()
     finally:
