@@ -1,6 +1,6 @@
 """Warm local jobs (linepo.warm): a workflow's wall time cold vs warm, and what each job pays to start.
 
-    HF_HUB_OFFLINE=1 python bench/warm_jobs.py                     # the tiny test config (~3 min)
+    HF_HUB_OFFLINE=1 python bench/warm_jobs.py                     # a tiny config (~3 min on 2 cores)
     HF_HUB_OFFLINE=1 python bench/warm_jobs.py --config default    # the embedded default (~15 min)
 
 Runs the same config twice in fresh copies of the workflow, in one process so that both
@@ -34,10 +34,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ
 import yaml  # noqa: E402
 
 from linepo.warm import server  # noqa: E402
-from workflow_utils import TINY_BASE, workflow_with_config  # noqa: E402
+from workflow_utils import tiny_config, workflow_with_config  # noqa: E402
 
 COLD_IMPORTS = ("import linepo.cli, torch, transformers; "
                 "from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer")
+#: the tiny config's runs: those of tests/test_workflow_llm.py (one INPO run, 2 rounds x 2 splits)
+TINY_RUNS = {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 2}}
 CLIENT = [sys.executable, "-c", "import sys; from linepo.cli import main; sys.exit(main())"]
 
 
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="start-cost measurements (median)")
     args = parser.parse_args()
     config = (yaml.safe_load((REPO / "config.yaml").read_text()) if args.config == "default"
-              else yaml.safe_load(yaml.safe_dump(TINY_BASE)))
+              else tiny_config(runs=TINY_RUNS))
     with tempfile.TemporaryDirectory(prefix="warm-jobs-") as tmp:
         cold_dir = workflow_with_config(Path(tmp) / "cold", config)
         warm_dir = workflow_with_config(Path(tmp) / "warm", config)
