@@ -2,7 +2,8 @@
 
 tests/slurm/cluster.sh starts munged, slurmctld and slurmd (Debian's packages, as root,
 two simulated GPUs); the workflow runs with the profile users get plus the CI overlay
-tests/slurm/profile (squeue status checks, a 2 s first check, SLURM logs kept). Skipped
+tests/slurm/profile (squeue status checks, a 2 s first check, SLURM logs kept), next to a
+local run (warm jobs) that must give the same bytes. Skipped
 where SLURM cannot be started: not root, the daemons or the slurm extra not installed, or
 a SLURM of the machine's own configured in /etc/slurm (.ci/run sets LINEPO_REQUIRE_SLURM,
 which turns those skips into failures).
@@ -148,7 +149,14 @@ def test_the_tiny_workflow_runs_every_non_local_job_on_slurm_and_matches_a_local
         else:  # CPU jobs: no GPU asked for (the embedded default's stages ask for none)
             assert "gpu" not in record.get("TresPerJob", ""), (rule, record)
 
-    # Same results, byte for byte (policies' safetensors, every parquet, the tables).
+    # Under the SLURM executor no warm-job server starts (its jobs run on other hosts; the
+    # local rules run cold); the local reference ran warm: its model jobs forked from it.
+    assert not (on_slurm / ".snakemake/linepo-warm.log").exists()
+    served = re.findall(r"\] \d+ \['(\S+)'\] -> 0 in ", (local / ".snakemake/linepo-warm.log").read_text())
+    assert {"sample", "judge", "score", "train"} <= set(served), served
+
+    # Same results, byte for byte (policies' safetensors, every parquet, the tables): the
+    # SLURM jobs' cold processes and the local run's warm forks agree.
     assert (on_slurm / "results/summary/exploitability.tsv").exists()
     assert sha256_tree(on_slurm / "results") == sha256_tree(local / "results")
 
