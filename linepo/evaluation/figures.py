@@ -1,8 +1,9 @@
-"""Evaluation figures for the report: the win-rate heatmap (Table 2) and the training curves
-(Figure 3). Matplotlib with the Agg backend, written atomically.
+"""Evaluation figures for the report: the win-rate heatmap (Table 2), the training curves
+(Figure 3) and the Prox fidelity of every step. Matplotlib with the Agg backend, written atomically.
 
     linepo win-rates ... --figure results/summary/win_rates.png
     linepo eval-curves ... --figure results/summary/curves.png
+    linepo prox-fidelity-table ... --figure results/summary/prox_fidelity.png
 """
 
 from __future__ import annotations
@@ -89,6 +90,43 @@ def curves(rows: list[dict], out, *, title: str = "") -> Path:
     ax_win.set_ylabel("win rate vs SFT (%)")
     ax_len.set_ylabel("mean output length (tokens)")
     ax_win.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
+def prox_fidelity(rows: list[dict], out, *, title: str = "") -> Path:
+    """Per run: KL(trained ‖ exact Prox target) per step (log scale), and exploitability per
+    step, measured (solid) beside the exact analogue trajectory (dashed) and the exact step from
+    the measured μ_k (crosses); step 0 is SFT."""
+    import math
+
+    plt = _pyplot()
+    fig, (ax_kl, ax_ex) = plt.subplots(1, 2, figsize=(10, 3.6))
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    for i, run in enumerate(runs):
+        points = [r for r in rows if r["run"] == run]
+        color = f"C{i % 10}"
+        steps = [int(p["step"]) for p in points]
+        kls = [max(float(p["kl_to_target"]), 1e-12) for p in points]  # log scale: an exact step is 1e-12
+        ax_kl.plot(steps, kls, marker="o", markersize=3, color=color, label=run)
+        start = float(points[0]["start_exploitability"])
+        measured = [start] + [float(p["measured_exploitability"]) for p in points]
+        analogue = [start] + [float(p["analogue_exploitability"]) for p in points]
+        if any(math.isnan(v) for v in measured):
+            continue
+        ax_ex.plot([0] + steps, measured, marker="o", markersize=3, color=color, label=f"{run} (measured)")
+        ax_ex.plot([0] + steps, analogue, linestyle="--", color=color, label=f"{run} (exact analogue)")
+        ax_ex.plot(steps, [float(p["target_exploitability"]) for p in points], linestyle="none", marker="x",
+                   markersize=4, color=color, label=f"{run} (exact step from measured μ_k)")
+    ax_kl.set_yscale("log")
+    ax_kl.set_ylabel("KL(trained ‖ exact Prox target)")
+    ax_ex.set_ylabel("exploitability")
+    for axis in (ax_kl, ax_ex):
+        axis.set_xlabel("step")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    ax_kl.legend(fontsize=8)
+    ax_ex.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, out)

@@ -129,6 +129,8 @@ class Plan:
         "scored": "results/scored/r{round}/s{split}/{scored}.parquet",
         "policy": "results/policies/r{round}/s{split}/{policy}/model",
         "steps": "results/runs/{run}/steps.tsv",
+        "prox_fidelity": "results/runs/{run}/prox_fidelity.tsv",
+        "category_probs": "results/runs/{run}/category_probs.json",
         "exploitability": "results/eval/exploitability/{policy}.json",
     }
 

@@ -146,6 +146,35 @@ class Wiring:
     def synthetic_judge(self) -> bool:
         return self.config["judge"]["type"] == "synthetic"
 
+    # -- Prox fidelity of every step (linepo.evaluation.prox_fidelity): synthetic oracle only
+    @property
+    def prox_fidelity_runs(self) -> list[str]:
+        """The runs whose steps get a Prox-fidelity table: every run, when the training judge is
+        the synthetic oracle with a case-sensitive first-word rule (whose category mix is read
+        exactly from first-token probabilities); none otherwise."""
+        judge = self.config["judge"]
+        exact = (self.synthetic_judge and judge.get("rule", "first_word") == "first_word"
+                 and judge.get("case_sensitive", True))
+        return list(self.plan.runs) if exact else []
+
+    def prox_fidelity_iterates(self, run: str) -> list[str]:
+        """A run's iterates as policy folders: SFT, then the policy after each step."""
+        return [self.plan.policy_dir(p) for p in [self.plan.sft] + [s.policy for s in self.plan.runs[run]]]
+
+    def prox_fidelity_spec(self, run: str) -> str:
+        """``linepo prox-fidelity --spec``: the run's iterates and, per step, its loss, η (ητ) and
+        which iterate is its reference (0 = SFT; the sampler of step k is iterate k − 1)."""
+        plan = self.plan
+        ids = [plan.sft] + [s.policy for s in plan.runs[run]]
+        index = {policy: i for i, policy in enumerate(ids)}
+        steps = []
+        for k, step in enumerate(plan.runs[run], start=1):
+            train = plan.policies[step.policy].train
+            steps.append({"step": k, "round": step.round, "split": step.split, "loss": train["loss"],
+                          "eta": train["eta"], "eta_tau": train.get("eta_tau"), "reference": index[step.reference]})
+        return json.dumps({"run": run, "algorithm": self.config["runs"][run]["algorithm"],
+                           "iterates": self.prox_fidelity_iterates(run), "steps": steps}, sort_keys=True)
+
     @property
     def evaluated(self) -> dict[str, str]:
         """Exploitability reports: SFT and every run's final policy, by name."""
@@ -155,11 +184,21 @@ class Wiring:
     def evaluating(self) -> bool:
         return self.config["evaluation"]["enabled"] and bool(self.plan.runs)
 
+    def prox_fidelity_outputs(self, digest) -> dict[str, str]:
+        """The fixed-path Prox-fidelity tables, each with ``digest`` of what it is computed from
+        (for :func:`linepo.workflow.preflight.fixed_outputs`)."""
+        runs = {self.plan.TEMPLATES["prox_fidelity"].format(run=run):
+                digest(self.prox_fidelity_spec(run), self.plan.eval_prompts, self.config["judge"])
+                for run in self.prox_fidelity_runs}
+        return {**runs, "results/summary/prox_fidelity.tsv": digest(runs)} if runs else {}
+
     # -- targets of `rule all`
     def llm_targets(self) -> list[str]:
         targets = [f"results/runs/{run}/steps.tsv" for run in self.plan.runs]
         if self.synthetic_judge and self.plan.runs:
             targets.append("results/summary/exploitability.tsv")
+        if self.prox_fidelity_runs:
+            targets.append("results/summary/prox_fidelity.tsv")
         return targets
 
     def eval_targets(self) -> list[str]:
