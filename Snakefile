@@ -41,6 +41,11 @@ onsuccess:
     if table.exists():
         print("\nLast-iterate exploitability (max_j P(y_j ≻ π) − ½; 0 at the Nash policy):")
         print(table.read_text())
+    fidelity = Path("results/summary/prox_fidelity_runs.tsv")
+    if fidelity.exists():
+        print("Prox fidelity: per run, median KL(trained ‖ exact Prox target) over its steps, and its final "
+              "exploitability measured vs the exact analogue (results/summary/prox_fidelity.tsv):")
+        print(fidelity.read_text())
     matrix = Path("results/summary/win_rates.csv")
     if matrix.exists():
         print("Win rate of row vs column (%; results/summary/win_rates_se.csv has the standard errors):")

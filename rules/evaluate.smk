@@ -38,6 +38,52 @@ rule exploitability_table:
         "linepo exploitability-table {params.reports} --out {output} > {log} 2>&1"
 
 
+# ---------------------------------------------------------------- Prox fidelity of every step
+# Synthetic oracle only (first-word categories): one job per run reads SFT and every step's
+# policy as exact per-prompt category mixes on the eval prompts and writes each step's KL and TV
+# to its exact Prox target, beside the exact analogue trajectory (linepo.evaluation.prox_fidelity);
+# one local job collects the runs into a table, a per-run summary and a figure.
+#   snakemake results/summary/prox_fidelity.tsv --cores 2
+
+rule prox_fidelity:
+    input:
+        policies=lambda wc: WIRING.prox_fidelity_iterates(wc.run),
+        prompts=PLAN.eval_prompts_path(),
+    output:
+        tsv=PATHS["prox_fidelity"],
+        probs=PATHS["category_probs"],
+    params:
+        spec=lambda wc: WIRING.prox_fidelity_spec(wc.run),
+        judge=json.dumps(config["judge"], sort_keys=True),
+        runtime=RUNTIME,
+    log:
+        "logs/runs/{run}/prox_fidelity.log",
+    benchmark:
+        "benchmarks/runs/{run}/prox_fidelity.tsv"
+    resources:
+        **RESOURCES["evaluate"],
+    shell:
+        "linepo prox-fidelity --spec {params.spec:q} --prompts {input.prompts} --judge-config {params.judge:q} "
+        "{params.runtime} --tsv {output.tsv} --probs {output.probs} > {log} 2>&1"
+
+
+rule prox_fidelity_table:
+    input:
+        [PATHS["prox_fidelity"].format(run=run) for run in WIRING.prox_fidelity_runs],
+    output:
+        tsv="results/summary/prox_fidelity.tsv",
+        runs="results/summary/prox_fidelity_runs.tsv",
+        figure=report("results/summary/prox_fidelity.png", caption="../report/prox_fidelity.rst", category="Evaluation"),
+    params:
+        runs=" ".join(f"--run {run}={PATHS['prox_fidelity'].format(run=run)}" for run in WIRING.prox_fidelity_runs),
+    log:
+        "logs/eval/prox_fidelity_table.log",
+    localrule: True
+    shell:
+        "linepo prox-fidelity-table {params.runs} --tsv {output.tsv} --runs-tsv {output.runs} "
+        "--figure {output.figure} > {log} 2>&1"
+
+
 # ---------------------------------------------------------------- win rates (Table 2, Figure 3)
 # Checkpoints (SFT, every run's final policy, evaluation.checkpoints) answer the eval prompts;
 # every pair is judged in both orders by the eval judge. Ids from linepo.workflow.evalplan: a

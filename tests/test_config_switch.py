@@ -44,7 +44,8 @@ def write_outputs(paths):
 def test_the_default_config_names_its_fixed_path_outputs():
     outputs = fixed_outputs(wiring())
     assert {"results/runs/inpo/steps.tsv", "results/summary/", "results/eval/alpaca_eval/inpo_r2/",
-            "results/synthetic/paper_exact/"} <= set(outputs)
+            "results/synthetic/paper_exact/", "results/runs/inpo/prox_fidelity.tsv",
+            "results/summary/prox_fidelity.tsv"} <= set(outputs)
     assert fixed_outputs(wiring()) == outputs  # a digest of the config, nothing else
     # Execution keys and resources change how jobs run, not what they write.
     assert fixed_outputs(wiring(lambda c: c.update(resources={"train": {"gpu": 2}}))) == outputs
@@ -63,6 +64,8 @@ def test_a_config_switch_warns_and_a_rerun_does_not(tmp_path, monkeypatch):
     # DPO's own steps, the summary tables and its AlpacaEval export; not the other runs' steps.
     assert {"results/runs/dpo/steps.tsv", "results/summary/", "results/eval/alpaca_eval/dpo/"} <= set(switched)
     assert "results/runs/inpo/steps.tsv" not in switched and "results/synthetic/paper_exact/" not in switched
+    assert {"results/runs/dpo/prox_fidelity.tsv", "results/summary/prox_fidelity.tsv"} <= set(switched)
+    assert "results/runs/inpo/prox_fidelity.tsv" not in switched
     line = config_switch_warning(other)
     assert line.startswith(f"linepo: warning: {MARKER}: another config wrote results/runs/dpo/steps.tsv, ")
     assert line.endswith("; running this config overwrites them (use a separate working directory for each config)")

@@ -125,6 +125,7 @@ def test_the_paper_config_plans_without_downloading(tmp_path):
     assert rules.count("train") == 44 and rules.count("sample") == 45 + 40 and len(held_out) == 40
     assert rules.count("sft_import") == 1 and rules.count("validation_prompts") == 1
     assert "synthetic_trajectory" not in rules
+    assert not {"prox_fidelity", "prox_fidelity_table", "exploitability"} & set(rules)  # a model judge: none
 
 
 def test_round_overrides_apply_to_one_round_or_from_a_round_on():

@@ -18,12 +18,11 @@ vllm importable. ``LINEPO_SKIP_ENV_CHECKS=1`` skips them, to plan here what runs
 Each problem is one :class:`InputError` line naming the config key, before any job is planned,
 instead of a failed job after the SFT import and sampling.
 
-*Fixed-path outputs* — ``results/runs/<run>/steps.tsv``, ``results/summary/``,
-``results/eval/alpaca_eval/<checkpoint>/``, ``results/synthetic/<setting>/`` — are named by
-config names, not recipe ids, so another config in the same working directory overwrites
-them. :data:`MARKER` records a digest of what each was computed from (written when jobs start:
-:func:`record_outputs`); planning warns when the current config would overwrite one that
-another config wrote (:func:`config_switch_warning`).
+*Fixed-path outputs* — ``results/runs/<run>/steps.tsv`` and ``prox_fidelity.tsv``, ``results/summary/``,
+``results/eval/alpaca_eval/<checkpoint>/``, ``results/synthetic/<setting>/`` — are named by config
+names, not recipe ids, so another config in the same working directory overwrites them. :data:`MARKER`
+records a digest of what each was computed from (written when jobs start: :func:`record_outputs`);
+planning warns when the current config would overwrite one that another config wrote (:func:`config_switch_warning`).
 """
 
 from __future__ import annotations
@@ -324,6 +323,7 @@ def fixed_outputs(wiring) -> dict[str, str]:
             outputs[f"results/eval/alpaca_eval/{c.name}/"] = _digest(c.label, c.generation, plan.eval_prompts)
     if summary:
         outputs["results/summary/"] = _digest(summary)
+    outputs.update(wiring.prox_fidelity_outputs(_digest))  # their own entries: results/summary/'s digest stays
     for name, setting in config["synthetic"]["settings"].items():
         flags = [wiring.synthetic_flags(SimpleNamespace(setting=name, algorithm=a)) for a in setting["algorithms"]]
         outputs[f"results/synthetic/{name}/"] = _digest(setting["matrix"], setting["init"], setting["algorithms"], flags)
