@@ -73,6 +73,10 @@ def test_the_figure_and_the_end_of_run_summary(workdir):
     out = (workdir / "snakemake.out").read_text()
     assert "Prox fidelity: per run, median KL" in out and "median_kl_to_target" in out
     assert dry_run(workdir) == []
+    result = snakemake(workdir, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (workdir / "report.html").read_text()
+    assert "prox_fidelity.png" in html and "Prox fidelity of every training step" in html
 
 
 def test_a_real_judge_config_plans_no_prox_fidelity(tmp_path):
