@@ -418,3 +418,19 @@ def test_a_missing_or_foreign_table_is_one_line(tmp_path, capsys):
                      "--runs-tsv", str(tmp_path / "r.tsv")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_policies_whose_first_words_are_not_one_token_give_nan_rows_and_a_warning(policies, eval_prompts, tmp_path,
+                                                                                  monkeypatch, capsys):
+    from linepo.cli import main
+    from linepo.evaluation import exploitability
+
+    monkeypatch.setattr(exploitability, "exact_category_probs", lambda *a, **k: None)
+    code, tsv, probs = fidelity(policies, eval_prompts, tmp_path, policies["folders"])
+    assert code == 0 and "warning: lp: unavailable" in capsys.readouterr().err
+    rows = pf.read_tsv(tsv)
+    assert [r["method"] for r in rows] == ["unavailable"] * 2 and math.isnan(float(rows[0]["kl_to_target"]))
+    assert json.loads(probs.read_text())["iterates"][0]["probs"] is None
+    assert main(["prox-fidelity-table", "--run", f"lp={tsv}", "--tsv", str(tmp_path / "t.tsv"),
+                 "--runs-tsv", str(tmp_path / "r.tsv"), "--figure", str(tmp_path / "f.png")]) == 0
+    assert "nan" in (tmp_path / "r.tsv").read_text()

@@ -126,7 +126,8 @@ def prox_fidelity(rows: list[dict], out, *, title: str = "") -> Path:
         axis.set_xlabel("step")
         axis.xaxis.get_major_locator().set_params(integer=True)
     ax_kl.legend(fontsize=8)
-    ax_ex.legend(fontsize=7)
+    if ax_ex.get_legend_handles_labels()[0]:  # none when no run could be read exactly
+        ax_ex.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, out)
