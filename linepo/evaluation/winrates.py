@@ -101,14 +101,22 @@ def _bad_value(message: str) -> str:
     return match.group(1) if match else "a value"
 
 
-def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--judge-config") -> dict:
-    """Read two generations, judge them (:func:`compare`), write the comparisons file atomically."""
+def compare_files(path_a, path_b, judge_config: dict, out, *, source: str = "--judge-config", judge=None) -> dict:
+    """Read two generations, judge them (:func:`compare`), write the comparisons file atomically.
+
+    ``judge``: the judge of ``judge_config``, built already (a batch of comparisons loads it
+    once, :mod:`linepo.evaluation.batches`); its failure count restarts here, so the file
+    records this pair's failures only, as with a judge of its own.
+    """
     from linepo.stages.judges import make_judge
     from linepo.schemas import read_table, write_table
 
     rows_a = _by_key(read_table(path_a, "samples"), path_a)
     rows_b = _by_key(read_table(path_b, "samples"), path_b)
-    judge = make_judge(judge_config, source=source)
+    if judge is None:
+        judge = make_judge(judge_config, source=source)
+    else:
+        judge.reset_failures()
     rows = compare(rows_a, rows_b, judge, name_a=str(path_a), name_b=str(path_b))
     failed = sum(r["failed"] for r in rows)
     valid = [r["prob_a_wins"] for r in rows if not r["failed"]]

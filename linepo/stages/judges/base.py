@@ -53,6 +53,10 @@ class Judge:
         """One line on why this judge's comparisons failed so far (judges that can fail say more)."""
         return "the judge gave no probability"
 
+    def reset_failures(self) -> None:
+        """Forget the failures counted so far: :meth:`failure_summary` then speaks of later
+        calls only (one judge, many comparisons: each comparison's summary is its own)."""
+
     def probabilities(self, prompts, responses_a, responses_b) -> tuple[np.ndarray, np.ndarray]:
         """``(prob_a_wins, failed)`` for each comparison; ``prob_a_wins`` is nan where failed.
 

@@ -324,6 +324,9 @@ class PairwiseLMJudge(Judge):
             parts.append(f"{self._too_long} sequences do not fit judge.max_length {self.max_length}")
         return "; ".join(parts) or "non-finite logits at the answer"
 
+    def reset_failures(self) -> None:
+        self.failures, self._low_masses, self._too_long = 0, [], 0
+
     def _probabilities(self, prompts, responses_a, responses_b):
         n = len(prompts)
         prob = np.full(n, np.nan)

@@ -72,6 +72,9 @@ class RewardModelJudge(Judge):
     def failure_summary(self) -> str:
         return "the reward model gave a non-finite reward"
 
+    def reset_failures(self) -> None:
+        self.failures = 0
+
     def describe(self) -> dict:
         """What the judgments file records of this judge beyond its config: the chat template used."""
         return {"chat_template_sha256": template_sha256(self.tokenizer) if self.templated else None}
