@@ -289,8 +289,8 @@ def describe_inputs(inputs) -> list[dict]:
 def verify_tree(root) -> dict:
     """Check every artefact under ``root``: parquet digests, model folders, recorded inputs.
 
-    Temp files and folders (``.name...``) and training side folders (``*.partial``) are
-    skipped. The workflow folder is the working directory when ``root`` lies inside it, else
+    Temp files and folders (``.name...``), training side folders (``*.partial``) and caches
+    (a folder with a ``CACHEDIR.TAG``) are skipped. The workflow folder is the working directory when ``root`` lies inside it, else
     ``root``'s parent; recorded relative input paths are resolved from it (else from the
     nearest folder above ``root`` where they exist), and problems are named relative to it.
 
@@ -306,6 +306,9 @@ def verify_tree(root) -> dict:
         raise InputError(f"{root}: no such folder")
     tables, folders = [], []
     for directory, subdirs, names in os.walk(root):
+        if "CACHEDIR.TAG" in names:  # a cache (the comparison batches' pairs): no artefact of its own
+            subdirs[:] = []
+            continue
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and not d.endswith(".partial"))
         if PROVENANCE_FILE in names:
             folders.append(Path(directory))

@@ -116,6 +116,13 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
     ],
 }
 
+# Evaluation: the comparisons that one job judged with one judge load (linepo.evaluation.batches),
+# each row with its comparison id; each comparison's metadata is under "comparisons".
+_COLUMNS["comparison_batch"] = [
+    ("comparison", pa.string(), False, "the comparison (two generations × eval judge) the row belongs to"),
+    *_COLUMNS["comparisons"],
+]
+
 COLUMN_DOCS: dict[str, dict[str, str]] = {
     kind: {name: doc for name, _, _, doc in columns} for kind, columns in _COLUMNS.items()
 }
@@ -276,8 +283,12 @@ OTHER_ARTEFACTS = [
     ("results/eval/generations/<id>.parquet", "samples",
      "a checkpoint's answers to the eval prompts (evaluation.decoding), sampled with its own seed int(id, 16); "
      "id: policy × eval prompts × decoding"),
-    ("results/eval/comparisons/<id>.parquet", "comparisons",
-     "two generations judged in both orders; id: the unordered generation pair × eval judge"),
+    ("results/eval/comparisons/batches/<id>.parquet", "comparison_batch",
+     "the comparisons one job judged with one judge load (evaluation.compare_jobs such jobs); id: its comparison ids"),
+    ("results/eval/comparisons/cache/<id>.parquet", "comparisons",
+     "two generations judged in both orders, as `linepo compare` writes them; id: the unordered generation pair × "
+     "eval judge. A cache, not an output: a batch reuses an entry whose generations' digests and judge match, "
+     "else judges the pair again, so deleting it costs time only"),
     ("results/eval/alpaca_eval/<checkpoint>/model_outputs.json", "JSON list",
      "AlpacaEval model outputs: `instruction`, `output` (sample 0), `generator` (the checkpoint's label), `dataset`"),
     ("results/summary/win_rates.csv", "CSV",

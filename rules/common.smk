@@ -50,7 +50,7 @@ wildcard_constraints:
     scored=ID,
     policy=ID,
     generation=ID,
-    comparison=ID,
+    batch=ID,
     run=NAME,
     setting=NAME,
     algorithm=NAME,

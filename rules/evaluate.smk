@@ -88,9 +88,13 @@ rule prox_fidelity_table:
 # Checkpoints (SFT, every run's final policy, evaluation.checkpoints) answer the eval prompts;
 # every pair is judged in both orders by the eval judge. Ids from linepo.workflow.evalplan: a
 # generation is keyed by policy × eval prompts × decoding (and seeded by its id, so no two
-# checkpoints share sampling noise), a comparison by its two
-# generations × eval judge, so a new checkpoint adds its row and column only and a new eval
-# judge re-judges without regenerating. Outputs in results/summary/, figures in the report:
+# checkpoints share sampling noise), a comparison by its two generations × eval judge, so a
+# new checkpoint adds only its row and column to what is judged and a new eval judge
+# re-judges without regenerating. The comparisons are dealt into evaluation.compare_jobs
+# batch jobs (by a hash of their ids), each loading the judge once; every pair is cached as
+# it is judged (results/eval/comparisons/cache/, not an output: Snakemake would delete it),
+# so a batch rerun for a new checkpoint judges only the new pairs. Outputs in
+# results/summary/, figures in the report:
 #   snakemake --cores 2 && snakemake --report report.html
 rule eval_generate:
     input:
@@ -118,23 +122,25 @@ rule eval_generate:
         "{params.runtime} > {log} 2>&1"
 
 
-rule eval_compare:
+rule eval_compare_batch:
     input:
-        a=lambda wc: EVAL.generation_path(EVAL.comparisons[wc.comparison][0]),
-        b=lambda wc: EVAL.generation_path(EVAL.comparisons[wc.comparison][1]),
+        lambda wc: EVAL.batch_generation_paths(wc.batch),
     output:
-        EVAL.comparison_path("{comparison}"),
+        EVAL.batch_path("{batch}"),
     params:
+        pairs=lambda wc: EVAL.batch_pairs(wc.batch),  # its comparisons: id -> the two generation files
         judge=WIRING.eval_judge_spec(EVAL.judge),
+        cache=EVAL.COMPARISON_CACHE,
     log:
-        "logs/eval/comparisons/{comparison}.log",
+        "logs/eval/comparisons/batches/{batch}.log",
     benchmark:
-        "benchmarks/eval/comparisons/{comparison}.tsv"
+        "benchmarks/eval/comparisons/batches/{batch}.tsv"
     localrule: EVAL.judge["type"] == "synthetic"  # numpy only: not worth a cluster job
     resources:
         **COMPARE_RESOURCES,
     shell:
-        "linepo compare --a {input.a} --b {input.b} --judge-config {params.judge:q} --out {output} > {log} 2>&1"
+        "linepo compare-batch --pairs {params.pairs:q} --judge-config {params.judge:q} "
+        "--cache-dir {params.cache} --out {output} > {log} 2>&1"
 
 
 rule alpaca_eval_export:
@@ -155,7 +161,7 @@ rule alpaca_eval_export:
 
 rule win_rate_matrix:
     input:
-        [EVAL.comparison_path(c) for c in EVAL.matrix_comparisons()],
+        EVAL.batch_paths(EVAL.matrix_comparisons()),
     output:
         csv="results/summary/win_rates.csv",
         se="results/summary/win_rates_se.csv",
@@ -181,7 +187,7 @@ rule win_rate_matrix:
 
 rule eval_curves:
     input:
-        comparisons=[EVAL.comparison_path(c) for c in EVAL.curve_comparisons()],
+        comparisons=EVAL.batch_paths(EVAL.curve_comparisons()),
         generations=EVAL.curve_generation_paths(),
     output:
         tsv="results/summary/curves.tsv",

@@ -1,7 +1,8 @@
 """The evaluation workflow end to end on a tiny embedded setup, via the `snakemake` CLI:
 `snakemake --cores 2` alone writes the win-rate matrix, curves, tables and AlpacaEval
 exports; `snakemake --report` builds an HTML report whose figures load in headless
-Chromium; config changes replan only what they touch; bad input fails in one line.
+Chromium; config changes replan only what they touch (a new checkpoint reruns the comparison
+batches, which judge only its pairs); bad input fails in one line.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TINY = tiny_config(**{
              "inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 2}},
     "evaluation": {"checkpoints": {"inpo_r1": {"run": "inpo", "round": 1}},
                    "decoding": {"n": 2, "temperature": 1.0, "max_new_tokens": 12, "batch_size": 32},
-                   "bootstrap": 200},
+                   "bootstrap": 200, "compare_jobs": 3},
 })
 LABELS = ["SFT", "DPO", "INPO-R1", "INPO-R2"]
 TRAINING_RULES = {"sft_embedded", "prompt_splits", "sample", "judge", "pairs", "score", "train"}
@@ -47,6 +48,17 @@ def workdir(tmp_path_factory):
     result = snakemake(directory, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return directory
+
+
+def batch_logs(workdir: Path) -> dict[str, dict]:
+    """Each current batch's counts, from the last line of its log (linepo compare-batch's JSON)
+    and its judged/reused lines: {batch id: {"judged", "reused", "judge_loads", "judged_ids", "loads"}}."""
+    out = {}
+    for batch in eval_plan(workdir).batches():
+        lines = (workdir / f"logs/eval/comparisons/batches/{batch}.log").read_text().splitlines()
+        out[batch] = {**json.loads(lines[-1]), "judged_ids": {line.split()[1] for line in lines if line.startswith("judged ")},
+                      "loads": sum(line.startswith("loading the judge") for line in lines)}
+    return out
 
 
 def read_tsv(path: Path) -> list[dict]:
@@ -91,6 +103,16 @@ def test_snakemake_alone_writes_the_matrix_curves_tables_and_exports(workdir):
     assert dry_run(workdir) == []  # nothing left to do
 
 
+def test_the_judge_is_loaded_once_per_batch_job(workdir):
+    plan = eval_plan(workdir)
+    logs = batch_logs(workdir)
+    assert len(logs) == 3 and sum(len(cids) for cids in plan.batches().values()) == len(plan.comparisons)
+    assert [log["loads"] for log in logs.values()] == [1, 1, 1]  # one load per job, not per comparison
+    for batch, log in logs.items():
+        assert log["judged_ids"] == set(plan.batches()[batch]) and log["reused"] == 0
+    assert sorted(p.stem for p in (workdir / "results/eval/comparisons/cache").glob("*.parquet")) == sorted(plan.comparisons)
+
+
 def test_the_matrix_is_consistent(workdir):
     _, _, m = read_csv(workdir / "results/summary/win_rates.csv")
     _, _, se = read_csv(workdir / "results/summary/win_rates_se.csv")
@@ -108,36 +130,89 @@ def test_the_matrix_is_consistent(workdir):
     assert np.allclose(hard * 64 / 100, np.round(hard * 64 / 100), atol=0.01)
 
 
+SUMMARY = ("win_rates.csv", "win_rates_se.csv", "win_rates_hard.csv", "win_rates_hard_se.csv", "win_rates_counts.csv",
+           "win_rates_pairs.tsv", "curves.tsv", "evaluation.tsv")
+
+
 def test_regenerating_the_evaluation_gives_byte_identical_files(workdir):
-    """Every eval generation and comparison rerun: the same bytes (seeds come from ids)."""
+    """Every eval generation and comparison rerun, the comparison cache emptied so that every pair
+    is judged again: the same bytes (seeds come from ids)."""
     files = sorted((workdir / "results/eval/generations").glob("*.parquet"))
-    files += sorted((workdir / "results/eval/comparisons").glob("*.parquet"))
-    files += [workdir / "results/summary" / name for name in
-              ("win_rates.csv", "win_rates_se.csv", "win_rates_hard.csv", "win_rates_hard_se.csv",
-               "win_rates_pairs.tsv", "curves.tsv", "evaluation.tsv")]
+    files += sorted((workdir / "results/eval/comparisons/batches").glob("*.parquet"))
+    files += sorted((workdir / "results/eval/comparisons/cache").glob("*.parquet"))
+    files += [workdir / "results/summary" / name for name in SUMMARY]
     before = {path: path.read_bytes() for path in files}
+    shutil.rmtree(workdir / "results/eval/comparisons/cache")
     result = snakemake(workdir, "--cores", "2", "--forcerun", "eval_generate")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rule eval_generate" in result.stdout + result.stderr
     assert {path: path.read_bytes() for path in files} == before
+    assert sum(log["judged"] for log in batch_logs(workdir).values()) == len(eval_plan(workdir).comparisons)
 
 
-def test_adding_a_run_plans_only_its_generations_and_its_row_and_column(workdir):
+def test_an_interrupted_batch_judges_only_the_pairs_it_had_not_finished(workdir):
+    """As a batch killed midway leaves it: no batch file, some of its pairs cached (one of them
+    cut short). The rerun judges the missing and the broken pair, reuses the rest."""
+    plan = eval_plan(workdir)
+    batch, cids = max(plan.batches().items(), key=lambda item: len(item[1]))
+    cache = workdir / "results/eval/comparisons/cache"
+    summary = {name: (workdir / "results/summary" / name).read_bytes() for name in SUMMARY}
+    (workdir / plan.batch_path(batch)).unlink()
+    (cache / f"{cids[0]}.parquet").unlink()
+    truncated = cache / f"{cids[1]}.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    # The tables are up to date, so plain `snakemake` would leave the missing batch file alone:
+    # ask for it, as the interrupted run still needed it.
+    target = plan.batch_path(batch)
+    planned = planned_jobs(snakemake(workdir, "-n", target).stdout)
+    assert planned == [("eval_compare_batch", {"batch": batch})]
+    result = snakemake(workdir, "--cores", "2", target)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = batch_logs(workdir)[batch]
+    assert log["judged_ids"] == set(cids[:2]) and log["reused"] == len(cids) - 2 and log["loads"] == 1
+    result = snakemake(workdir, "--cores", "2")  # the tables made again from the new batch file
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {name: (workdir / "results/summary" / name).read_bytes() for name in SUMMARY} == summary
+    assert dry_run(workdir) == []
+
+
+def test_adding_a_run_judges_only_its_row_and_column(workdir):
+    """A new checkpoint: its generation only, and the batches that gain one of its comparisons
+    rerun, each loading the judge once and judging only the new pairs; old cells are unchanged."""
     before = eval_plan(workdir)
+    old_pairs = read_tsv(workdir / "results/summary/win_rates_pairs.tsv")
+    old_curves = (workdir / "results/summary/curves.tsv").read_bytes()
     edit_config(workdir, lambda c: c["runs"].update(ipo={"algorithm": "ipo", "eta": 4.0}))
     try:
         after = eval_plan(workdir)
         jobs = dry_run(workdir)
         generated = {w["generation"] for rule, w in jobs if rule == "eval_generate"}
-        compared = {w["comparison"] for rule, w in jobs if rule == "eval_compare"}
+        rerun = {w["batch"] for rule, w in jobs if rule == "eval_compare_batch"}
         ipo = after.checkpoint("ipo").generation
-        assert generated == {ipo}
-        assert compared == {after.comparison_between(ipo, c.generation) for c in before.checkpoints}
-        assert all(ipo in after.comparisons[c] for c in compared)
+        new = {after.comparison_between(ipo, c.generation) for c in before.checkpoints}
+        assert generated == {ipo} and set(after.comparisons) == set(before.comparisons) | new
+        assert rerun == {after.batch_of(c) for c in new} and rerun.isdisjoint(before.batches())
+        assert set(after.batches()) - rerun <= set(before.batches())  # a batch with no new pair keeps its id
         trained = [w for rule, w in jobs if rule == "train"]
         assert len(trained) == 1 and trained[0]["split"] == "all"  # ipo reuses dpo's data
+
+        result = snakemake(workdir, "--cores", "2")
+        assert result.returncode == 0, result.stderr[-2000:]
+        logs = {batch: log for batch, log in batch_logs(workdir).items() if batch in rerun}
+        assert set().union(*(log["judged_ids"] for log in logs.values())) == new  # only the new pairs
+        assert sum(log["judged"] for log in logs.values()) == len(new)
+        assert sum(log["reused"] for log in logs.values()) == sum(len(after.batches()[b]) for b in rerun) - len(new)
+        assert [log["loads"] for log in logs.values()] == [1] * len(rerun)  # one judge load per batch job
+        pairs = read_tsv(workdir / "results/summary/win_rates_pairs.tsv")
+        assert [p for p in pairs if "IPO" not in (p["row"], p["column"])] == old_pairs
+        assert (workdir / "results/summary/curves.tsv").read_bytes() == old_curves
     finally:
         edit_config(workdir, lambda c: c["runs"].pop("ipo"))
+    jobs = dry_run(workdir)  # back to the old batches, still there: only the tables are rewritten
+    assert {rule for rule, _ in jobs} <= {"win_rate_matrix", "eval_curves", "eval_summary", "exploitability_table", "all"}
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_tsv(workdir / "results/summary/win_rates_pairs.tsv") == old_pairs
     assert dry_run(workdir) == []
 
 
@@ -147,8 +222,8 @@ def test_changing_only_the_eval_judge_regenerates_and_retrains_nothing(workdir):
     try:
         jobs = dry_run(workdir)
         rules = [rule for rule, _ in jobs]
-        assert set(rules) == {"eval_compare", "win_rate_matrix", "eval_curves", "eval_summary", "all"}
-        assert rules.count("eval_compare") == len(eval_plan(workdir).comparisons)
+        assert set(rules) == {"eval_compare_batch", "win_rate_matrix", "eval_curves", "eval_summary", "all"}
+        assert rules.count("eval_compare_batch") == len(eval_plan(workdir).batches()) == 3
     finally:
         edit_config(workdir, lambda c: c["evaluation"].pop("judge"))
     assert dry_run(workdir) == []
@@ -162,6 +237,8 @@ def test_changing_only_the_eval_judge_regenerates_and_retrains_nothing(workdir):
         (lambda c: c["evaluation"].update(judge={"type": "synthetic", "matrix": [[0.5, 1.2, 0.8], [-0.2, 0.5, 0.1],
                                                                                   [0.2, 0.9, 0.5]]}),
          "config key evaluation.judge"),
+        (lambda c: c["evaluation"].update(compare_jobs=0), "config key evaluation.compare_jobs: 0 is less than"),
+        (lambda c: c["evaluation"].update(compare_jobs="4"), "config key evaluation.compare_jobs: '4' is not of type"),
     ],
 )
 def test_bad_evaluation_config_fails_before_any_job_in_one_line(workdir, edit, message):
@@ -296,8 +373,13 @@ def test_the_paper_config_plans_its_evaluation_quickly_and_offline(tmp_path):
     rules = [rule for rule, _ in planned_jobs(result.stdout)]
     # Generations: SFT, dpo, ipo, 18 iter_ipo, 18 inpo (INPO-R2 among them), 6 linepo after the shared rounds.
     assert rules.count("eval_generate") == 1 + 2 + 18 + 18 + 6
-    # Comparisons: the 7 × 6 / 2 matrix, plus every other curve step against SFT.
-    assert rules.count("eval_compare") == 21 + (18 + 18 + 6) - 4
+    # Comparisons: the 7 × 6 / 2 matrix, plus every other curve step against SFT, in
+    # evaluation.compare_jobs = 4 batch jobs (4 loads of the 8B judge, not 59).
+    config = validate_config(yaml.safe_load((workdir / "configs/paper.yaml").read_text()))
+    eplan = build_eval_plan(config, build_plan(config))
+    assert len(eplan.comparisons) == 21 + (18 + 18 + 6) - 4 == 59
+    assert rules.count("eval_compare_batch") == len(eplan.batches()) == 4
+    assert sorted(c for cids in eplan.batches().values() for c in cids) == sorted(eplan.comparisons)
     assert rules.count("alpaca_eval_export") == 7
     assert {"win_rate_matrix", "eval_curves", "eval_summary"} <= set(rules)
     assert rules.count("train") == 44  # evaluation adds no training

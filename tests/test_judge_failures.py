@@ -89,6 +89,28 @@ def test_the_failure_limit_is_configurable_and_each_failure_says_why(random_judg
         make_judge({"type": "pairwise_lm", "model": str(random_judge), "max_failed_fraction": 2})
 
 
+def test_a_batch_of_comparisons_summarises_each_pairs_failures_as_linepo_compare_does(random_judge, tmp_path):
+    """One judge load for many pairs (linepo compare-batch): each pair's failure summary counts
+    its own failures, as a judge loaded for it alone would (reset_failures)."""
+    from linepo.evaluation.batches import load_comparisons, judge_batch
+
+    texts = {"a": ["Red.", "Blue."], "b": ["Green.", "Black."], "c": ["Red.", "White."]}  # c ties a on p0
+    paths = {name: str(_samples(tmp_path / f"{name}.parquet", {f"p{i}": [t] for i, t in enumerate(answers)}))
+             for name, answers in texts.items()}
+    config = {"type": "pairwise_lm", "model": str(random_judge)}
+    pairs = {"ab": {"a": paths["a"], "b": paths["b"]}, "ac": {"a": paths["a"], "b": paths["c"]}}
+    stats = judge_batch(pairs, config, tmp_path / "cache", tmp_path / "batch.parquet", log=lambda line: None)
+    assert (stats["judge_loads"], stats["judged"], stats["failed"]) == (1, 2, 3)
+    batch = load_comparisons({cid: {"batch": str(tmp_path / "batch.parquet")} for cid in pairs})
+    for cid, pair in pairs.items():
+        ev.compare_files(pair["a"], pair["b"], config, tmp_path / f"{cid}.parquet")  # a judge of its own
+        alone = read_metadata(tmp_path / f"{cid}.parquet")
+        assert batch[cid]["failure_summary"] == alone["failure_summary"]
+        assert batch[cid]["table"].equals(read_table(tmp_path / f"{cid}.parquet", "comparisons"))
+    assert "on 4 judged sequences" in batch["ab"]["failure_summary"]
+    assert "on 2 judged sequences" in batch["ac"]["failure_summary"]
+
+
 def test_a_pairs_step_with_no_pairs_fails_naming_why(tmp_path):
     samples = _samples(tmp_path / "s.parquet", {"p0": ["Red.", "Blue."]})
     judged = to_table({"prompt_id": ["p0"], "index_a": [0], "index_b": [1], "prob_a_wins": [None],

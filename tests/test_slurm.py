@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 CLUSTER = REPO / "tests/slurm/cluster.sh"
 OVERLAY = REPO / "tests/slurm/profile"
 PROFILE = ["--profile", "profiles/slurm", "--workflow-profile", str(OVERLAY)]
-# Rules that load a model: they must run as cluster jobs, never locally. (eval_compare is
+# Rules that load a model: they must run as cluster jobs, never locally. (eval_compare_batch is
 # local with the synthetic judge, by design: numpy only.)
 COMPUTE_RULES = {"sft_embedded", "sample", "judge", "pairs", "score", "train", "exploitability", "eval_generate"}
 

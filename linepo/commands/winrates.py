@@ -3,6 +3,8 @@ Figure 3's curves, the summary table and the AlpacaEval export. Model-free (torc
 for an LM judge), so each job starts in well under a second.
 
     linepo compare --a a.parquet --b b.parquet --judge-config '{"type": "synthetic"}' --out ab.parquet
+    linepo compare-batch --pairs '{"ab": {"a": "a.parquet", "b": "b.parquet"}}' --judge-config JUDGE \
+        --cache-dir cache --out batch.parquet
     linepo win-rates --spec SPEC --csv M.csv --se-csv SE.csv --hard-csv H.csv --hard-se-csv HSE.csv \
         --pairs P.tsv --figure M.png
     linepo eval-curves --spec SPEC --tsv curves.tsv --figure curves.png
@@ -33,9 +35,21 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="comparisons parquet to write")
     p.set_defaults(func=run_compare)
 
+    p = subparsers.add_parser("compare-batch", help="judge many generation pairs with one judge load, cached per pair",
+                              description="linepo compare-batch: judge each pair of --pairs as linepo compare does, "
+                              "loading the judge once (and only when a pair is not cached). Each pair is written to "
+                              "--cache-dir/<id>.parquet as soon as it is judged, and reused while its generations' "
+                              "digests and the judge match; --out holds every pair's rows with a comparison column.")
+    p.add_argument("--pairs", required=True, help='inline JSON or a JSON file: {comparison id: {"a": generation '
+                                                   'parquet, "b": generation parquet}}')
+    p.add_argument("--judge-config", default='{"type": "synthetic"}', help="inline JSON or a JSON/YAML file")
+    p.add_argument("--cache-dir", required=True, type=Path, help="folder of the per-pair comparisons files")
+    p.add_argument("--out", required=True, type=Path, help="the batch parquet to write")
+    p.set_defaults(func=run_compare_batch)
+
     p = subparsers.add_parser("win-rates", help="the row-vs-column win-rate matrix with bootstrap SEs")
     p.add_argument("--spec", required=True, help='JSON or a JSON file: {"checkpoints": [{name, label, '
-                                                  'generation}], "comparisons": {id: {a, b, path}}}')
+                                                  'generation}], "comparisons": {id: {a, b, batch | path}}}')
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", required=True, type=Path)
@@ -52,7 +66,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("eval-curves", help="Figure 3: win rate vs SFT and output length per iteration")
     p.add_argument("--spec", required=True, help='JSON or a JSON file: {"runs": {...}, "generations": '
-                                                  '{id: path}, "comparisons": {id: path}}')
+                                                  '{id: path}, "comparisons": {id: {batch | path} or path}}')
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-failed-fraction", type=fraction, default=None,
@@ -110,13 +124,25 @@ def run_compare(args) -> int:
     return 0
 
 
+def run_compare_batch(args) -> int:
+    from linepo.evaluation.batches import judge_batch, parse_pairs
+    from linepo.stages.judges import load_judge_config
+
+    if args.out.suffix != ".parquet":
+        raise InputError(f"--out {args.out}: must end in .parquet")
+    pairs = parse_pairs(args.pairs)
+    config, label = load_judge_config(args.judge_config)
+    print(json.dumps(judge_batch(pairs, config, args.cache_dir, args.out, source=label), sort_keys=True))
+    return 0
+
+
 def run_win_rates(args) -> int:
     from linepo.evaluation import winrates as ev
+    from linepo.evaluation.batches import load_comparisons
     from linepo.evaluation.figures import heatmap
 
     spec = _spec(args.spec)
-    comparisons = {cid: {"a": c["a"], "b": c["b"], **_comparison(c["path"], args.max_failed_fraction)}
-                   for cid, c in spec["comparisons"].items()}
+    comparisons = load_comparisons(spec["comparisons"], args.max_failed_fraction)
     labels, m, se, pairs = ev.win_rate_matrix(spec["checkpoints"], comparisons, resamples=args.bootstrap,
                                               seed=args.seed)
     heatmap(labels, m, se, args.figure, failed=ev.pair_matrix(labels, pairs, "failed"),
@@ -141,26 +167,16 @@ def run_win_rates(args) -> int:
     return 0
 
 
-def _comparison(path, limit: float | None = None) -> dict:
-    """A comparisons file as :func:`linepo.evaluation.winrates.win_rate_matrix` reads it: the
-    table, the failure limit (``limit``, else the one its judge recorded) and the judge's reason."""
-    from linepo.schemas import read_metadata, read_table
-
-    meta = read_metadata(path)
-    table = read_table(path, "comparisons")
-    return {"table": table, "max_failed_fraction": meta.get("max_failed_fraction") if limit is None else limit,
-            "failure_summary": meta.get("failure_summary")}
-
-
 def run_curves(args) -> int:
     from linepo.evaluation import summary
     from linepo.evaluation import winrates as ev
+    from linepo.evaluation.batches import load_comparisons
     from linepo.evaluation.figures import curves
     from linepo.schemas import read_table
 
     spec = _spec(args.spec)
     generations = {g: read_table(path, "samples") for g, path in spec["generations"].items()}
-    comparisons = {c: _comparison(path, args.max_failed_fraction) for c, path in spec["comparisons"].items()}
+    comparisons = load_comparisons(spec["comparisons"], args.max_failed_fraction)
     rows = summary.curve_rows(spec["runs"], generations, comparisons, resamples=args.bootstrap, seed=args.seed)
     curves(rows, args.figure)
     ev.write_text(args.tsv, ev.tsv(rows))

@@ -37,10 +37,12 @@ from linepo.workflow.preflight import check_judge_files, check_model_folder, che
 #: ``judge.max_failed_fraction`` is here too: a limit on what a judging step may lose decides
 #: whether the step fails, not what it writes, so raising it after a failure re-judges nothing.
 #: ``judge.share_prefixes`` too: prefix-shared judging gives the same probabilities (within 1e-5
-#: in float32), so switching it is a matter of speed.
+#: in float32), so switching it is a matter of speed. ``evaluation.compare_jobs`` deals the
+#: comparisons into batch jobs, each judging its pairs as alone and caching them: switching it
+#: reruns the batches, which find their pairs cached.
 EXECUTION_KEYS = {"sampling": ("data_parallel",),
                   "judge": ("data_parallel", "max_failed_fraction", "share_prefixes"),
-                  "training": ("accelerate_config",)}
+                  "training": ("accelerate_config",), "evaluation": ("compare_jobs",)}
 #: judge types that read ``share_prefixes`` (the others have no shared prefixes to run once)
 _SHARING_JUDGES = ("pairwise_lm",)
 
@@ -165,7 +167,7 @@ def _split_execution(config: dict) -> dict:
         execution[section] = {key: config[section].pop(key) for key in keys if key in config[section]}
     _check_sharing(config["judge"].get("type"), execution["judge"], "judge")
     judge = config["evaluation"].get("judge")
-    execution["evaluation"] = {}
+    execution["evaluation"]["compare_jobs"] = int(execution["evaluation"].get("compare_jobs", 1))  # 2.0 is 2
     if isinstance(judge, dict):
         judge.pop("data_parallel", None)  # comparisons run in one process; never part of what is judged
         for key in ("max_failed_fraction", "share_prefixes"):  # the limit is read by the win-rate tables

@@ -11,7 +11,13 @@ Ids are hashes of recipes, like :mod:`linepo.workflow.plan`'s:
   product of the two policies', so a win rate would not estimate p_Aᵀ M p_B);
 - a *comparison* (every prompt's two outputs judged in both orders) is keyed by the
   unordered pair of generation ids and the eval judge: adding a checkpoint adds only its
-  row and column, and changing only the eval judge re-judges without regenerating.
+  row and column to what is judged, and changing only the eval judge re-judges without
+  regenerating;
+- a *batch* is the comparisons one job judges with one judge load: each comparison's shard
+  is a hash of its id modulo ``evaluation.compare_jobs`` (:func:`comparison_shard`: adding
+  comparisons never moves one to another shard), and a batch's id hashes its comparison ids
+  (so it changes, and reruns, when its set or the judge changes). Its pairs are cached one
+  by one (:mod:`linepo.evaluation.batches`): a rerun batch judges only its new pairs.
 
 Checkpoints are SFT, every run's final policy, and the intermediate ones named under
 ``evaluation.checkpoints`` (``inpo_r2: {run: inpo, round: 2}`` → "INPO-R2"), ordered like
@@ -22,6 +28,7 @@ the paper's Table 2. Model-free: imported by the Snakefile and by config validat
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -53,17 +60,25 @@ class CurvePoint:
     comparison: str | None  # None at iteration 0
 
 
+def comparison_shard(comparison_id: str, shards: int) -> int:
+    """The batch (0 … shards−1) of a comparison: a hash of its id alone, so it stays put as
+    comparisons are added."""
+    return int(hashlib.sha256(comparison_id.encode()).hexdigest()[:16], 16) % shards
+
+
 @dataclass
 class EvalPlan:
     judge: dict
     decoding: dict
     sft_generation: str
+    compare_jobs: int = 1  # evaluation.compare_jobs: batches the comparisons are dealt into
     checkpoints: list = field(default_factory=list)  # Checkpoint, in Table 2 order
     generations: dict = field(default_factory=dict)  # generation id -> policy id
     comparisons: dict = field(default_factory=dict)  # comparison id -> (generation a, generation b), a < b
     curves: dict = field(default_factory=dict)  # run -> [CurvePoint]
     round_length: dict = field(default_factory=dict)  # run -> steps per round (red lines of Figure 3)
     run_labels: dict = field(default_factory=dict)  # run -> its label without a round suffix ("INPO")
+    _batches: tuple = field(default=(None,), init=False, repr=False, compare=False)  # batches() memo
 
     @staticmethod
     def generation_path(generation_id: str) -> str:
@@ -78,9 +93,40 @@ class EvalPlan:
         """
         return int(generation_id, 16)
 
+    #: the per-pair cache of the batches (linepo.evaluation.batches): never a rule's input or output
+    COMPARISON_CACHE = "results/eval/comparisons/cache"
+
     @staticmethod
-    def comparison_path(comparison_id: str) -> str:
-        return f"results/eval/comparisons/{comparison_id}.parquet"
+    def batch_path(batch_id: str) -> str:
+        return f"results/eval/comparisons/batches/{batch_id}.parquet"
+
+    def batches(self) -> dict[str, list[str]]:
+        """Batch id -> its comparison ids (sorted), one batch per non-empty shard."""
+        key = (self.compare_jobs, tuple(sorted(self.comparisons)))
+        if self._batches[0] != key:
+            shards: dict[int, list[str]] = {}
+            for cid in key[1]:
+                shards.setdefault(comparison_shard(cid, self.compare_jobs), []).append(cid)
+            batches = {recipe_id("eval_compare_batch", {"comparisons": cids}): cids for _, cids in sorted(shards.items())}
+            self._batches = (key, batches, {cid: b for b, cids in batches.items() for cid in cids})
+        return self._batches[1]
+
+    def batch_of(self, comparison_id: str) -> str:
+        self.batches()
+        return self._batches[2][comparison_id]
+
+    def batch_pairs(self, batch_id: str) -> str:
+        """``linepo compare-batch --pairs``: each comparison of the batch and its two generation files."""
+        return _spec(**{cid: {"a": self.generation_path(self.comparisons[cid][0]),
+                              "b": self.generation_path(self.comparisons[cid][1])}
+                        for cid in self.batches()[batch_id]})
+
+    def batch_generation_paths(self, batch_id: str) -> list[str]:
+        return sorted({self.generation_path(g) for cid in self.batches()[batch_id] for g in self.comparisons[cid]})
+
+    def batch_paths(self, comparison_ids) -> list[str]:
+        """The batch files holding ``comparison_ids``."""
+        return sorted({self.batch_path(self.batch_of(c)) for c in comparison_ids})
 
     def comparison_between(self, generation_a: str, generation_b: str) -> str | None:
         """The comparison id of two generations (either order); None when they are the same."""
@@ -107,8 +153,8 @@ class EvalPlan:
     def matrix_spec(self) -> str:
         return _spec(
             checkpoints=[{"name": c.name, "label": c.label, "generation": c.generation} for c in self.checkpoints],
-            comparisons={c: {"a": self.comparisons[c][0], "b": self.comparisons[c][1], "path": self.comparison_path(c)}
-                         for c in self.matrix_comparisons()},
+            comparisons={c: {"a": self.comparisons[c][0], "b": self.comparisons[c][1],
+                             "batch": self.batch_path(self.batch_of(c))} for c in self.matrix_comparisons()},
         )
 
     def curve_points(self) -> list[CurvePoint]:
@@ -125,7 +171,7 @@ class EvalPlan:
                                     "sft_generation": self.sft_generation} for p in points]}
                   for run, points in self.curves.items()},
             generations={p.generation: self.generation_path(p.generation) for p in self.curve_points()},
-            comparisons={c: self.comparison_path(c) for c in self.curve_comparisons()},
+            comparisons={c: {"batch": self.batch_path(self.batch_of(c))} for c in self.curve_comparisons()},
         )
 
     def exploitability_reports(self, plan: Plan, synthetic: bool) -> dict[str, str]:
@@ -188,7 +234,8 @@ def build_eval_plan(config: dict, plan: Plan) -> EvalPlan:
         eplan.generations.setdefault(gid, policy)
         return gid
 
-    eplan = EvalPlan(judge=section["judge"], decoding=decoding, sft_generation="")
+    eplan = EvalPlan(judge=section["judge"], decoding=decoding, sft_generation="",
+                     compare_jobs=config.get("_execution", {}).get("evaluation", {}).get("compare_jobs", 1))
     eplan.sft_generation = generation(plan.sft)
     if not section["enabled"] or not plan.runs:
         return eplan
@@ -235,5 +282,6 @@ def build_eval_plan(config: dict, plan: Plan) -> EvalPlan:
 def describe(eplan: EvalPlan) -> str:
     lines = ["checkpoints: " + ", ".join(f"{c.label} ({c.name})" for c in eplan.checkpoints)]
     lines.append(f"generations: {len(eplan.generations)}, comparisons: {len(eplan.comparisons)} "
-                 f"(matrix {len(eplan.matrix_comparisons())}), curves: {', '.join(eplan.curves) or 'none'}")
+                 f"(matrix {len(eplan.matrix_comparisons())}) in {len(eplan.batches())} batch job(s), "
+                 f"curves: {', '.join(eplan.curves) or 'none'}")
     return "\n".join(lines)

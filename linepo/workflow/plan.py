@@ -31,8 +31,10 @@ from linepo.algorithms import ALGORITHMS
 #: judge 2, eval_compare 2: each failure says why; train 3: checkpoints saved with the parent's
 #: tokenizer, pad and use_cache (no pad token handed down); sft 3: saved with use_cache as the base;
 #: every stage +1: outputs record their content digest and inputs' (linepo.provenance).
+#: eval_compare_batch 1: a batch of comparisons judged with one judge load (each comparison
+#: judged as before: eval_compare unchanged).
 STAGE_VERSIONS = {"sft": 4, "prompts": 2, "sample": 4, "judge": 3, "score": 4, "train": 4,
-                  "eval_generate": 4, "eval_compare": 3}
+                  "eval_generate": 4, "eval_compare": 3, "eval_compare_batch": 1}
 
 #: The split name of held-out validation data in node tables and paths (results/samples/r1/sval/...).
 VALIDATION_SPLIT = "val"
