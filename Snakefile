@@ -36,15 +36,15 @@ onerror:
 
 onsuccess:
     stop_warm_jobs()
-    # The default experiment's headline: each run's last-iterate exploitability.
-    table = Path("results/summary/exploitability.tsv")
+    # The default experiment's headline: each run's last-iterate exploitability, pooled over replicates.
+    table = Path(PATHS["exploitability_pooled"])
     if table.exists():
-        print("\nLast-iterate exploitability (max_j P(y_j ≻ π) − ½; 0 at the Nash policy):")
+        print("\nLast-iterate exploitability (max_j P(y_j ≻ π) − ½; 0 at the Nash policy):", POOLED_NOTE)
         print(table.read_text())
-    fidelity = Path("results/summary/prox_fidelity_runs.tsv")
+    fidelity = Path(PATHS["prox_fidelity_runs_pooled"])
     if fidelity.exists():
         print("Prox fidelity: per run, median KL(trained ‖ exact Prox target) over its steps, and its final "
-              "exploitability measured vs the exact analogue (results/summary/prox_fidelity.tsv):")
+              "exploitability measured vs the exact analogue (results/summary/prox_fidelity.tsv):", POOLED_NOTE)
         print(fidelity.read_text())
     matrix = Path("results/summary/win_rates.csv")
     if matrix.exists():

@@ -312,18 +312,30 @@ OTHER_ARTEFACTS = [
      "with validation: the validation loss at each evaluated step, the step kept and the last step"),
     ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens"),
     ("results/summary/curves.png", "PNG", "Figure 3: those curves, red lines at round ends"),
-    ("results/runs/<run>/prox_fidelity.tsv", "TSV",
+    ("results/runs/<run>/replicate-<r>/prox_fidelity.tsv", "TSV",
      "synthetic oracle: per step of the run, KL(trained ‖ exact Prox target) (mean and max over eval prompts) and "
      "TV, the exploitability measured, of the target and of the exact analogue trajectory, KL(trained ‖ analogue) "
      "(linepo.evaluation.prox_fidelity)"),
-    ("results/runs/<run>/category_probs.json", "JSON",
+    ("results/runs/<run>/replicate-<r>/category_probs.json", "JSON",
      "the exact per-prompt category distribution (eval prompts) of SFT and of every step's policy of the run"),
-    ("results/summary/prox_fidelity.tsv", "TSV", "every run's prox_fidelity.tsv, one row per step"),
-    ("results/summary/prox_fidelity_runs.tsv", "TSV",
-     "per run: median and max KL to the Prox target over its steps, median TV, start and final exploitability "
-     "measured, on the exact analogue and one step ahead (the exact step from the measured μ_K−1), the KL per step"),
+    ("results/summary/replicates/prox_fidelity-<r>.tsv", "TSV", "replicate r: every run's prox_fidelity.tsv, "
+     "one row per step"),
+    ("results/summary/replicates/prox_fidelity_runs-<r>.tsv", "TSV",
+     "replicate r, per run: median and max KL to the Prox target over its steps, median TV, start and final "
+     "exploitability measured, on the exact analogue and one step ahead (the exact step from the measured μ_K−1), "
+     "the KL per step"),
+    ("results/summary/prox_fidelity.tsv", "TSV", "the per-step tables pooled over replicates: each number's mean "
+     "and `<number>_se` (sample std over replicates / √n; nan for one), `replicates` (n); no policy column"),
+    ("results/summary/prox_fidelity_runs.tsv", "TSV", "the per-run tables pooled over replicates: means, `_se` "
+     "columns, `replicates`; `kl_per_step` of the pooled steps"),
     ("results/summary/prox_fidelity.png", "PNG", "KL to the Prox target per step; exploitability measured vs "
-     "the exact analogue"),
+     "the exact analogue; ± one standard error over replicates as bands"),
+    ("results/summary/replicates/exploitability-<r>.tsv", "TSV", "replicate r, synthetic oracle: per run (and "
+     "SFT) the last iterate's exploitability, its stderr over prompts (Monte Carlo; 0 when exact), method, "
+     "category mix, policy folder"),
+    ("results/summary/exploitability.tsv", "TSV", "pooled over replicates: per run `exploitability` (mean), "
+     "`exploitability_se` (sample std over replicates / √n; nan for one), `replicates`, method, the category mix "
+     "as mean ± SE, `per_replicate` values"),
     ("results/summary/evaluation.tsv", "TSV",
      "per checkpoint: Avg and worst win rate (robust alignment; nan when a cell of its row is missing), "
      "missing_cells, the same for the hard win rate, comparisons judged and failed in its row, mean tokens, "

@@ -41,7 +41,8 @@ REMOTE_CODE = WIRING.remote_code
 IMPORT_FLAGS = WIRING.import_flags  # REMOTE_CODE, plus --allow-pickle-weights when the config opts in
 RUNTIME = WIRING.runtime
 
-# Node ids are 12 hex digits, names are config keys; a path can then only match its own rule.
+# Node ids are 12 hex digits, names are config keys, replicates numbers (results/runs/<run>/replicate-<r>/);
+# a path can then only match its own rule.
 wildcard_constraints:
     sft=ID,
     prompts=ID,
@@ -52,6 +53,7 @@ wildcard_constraints:
     generation=ID,
     batch=ID,
     run=NAME,
+    replicate="[0-9]+",
     setting=NAME,
     algorithm=NAME,
     checkpoint="|".join(c.name for c in EVAL.checkpoints) or "sft",
@@ -62,6 +64,11 @@ wildcard_constraints:
 RESOURCES = {stage: stage_resources(config, stage) for stage in STAGES}
 # A model judge needs the judge's GPUs; the synthetic oracle is numpy only.
 COMPARE_RESOURCES = RESOURCES["judge"] if EVAL.judge["type"] != "synthetic" else {"mem_mb": 2000, "runtime": 30}
+
+# What the Snakefile's onsuccess says about the pooled tables it prints.
+POOLED_NOTE = (f"means over {PLAN.replicate_count} replicates, *_se their standard errors "
+               "(results/summary/replicates/: each replicate's)" if PLAN.replicate_count > 1
+               else "one replicate (replicates.count: 1), so the *_se columns are nan")
 
 # `rule all` (Snakefile): every run's schedule and exploitability, and the evaluation.
 LLM_TARGETS = WIRING.llm_targets()

@@ -1,6 +1,7 @@
 # Evaluation that the default experiment needs at its end: each run's last iterate's
 # exploitability under the synthetic oracle (exact from first-token probabilities for the
-# embedded policy), collected in one table and printed.
+# embedded policy), collected in one table per replicate (results/summary/replicates/), pooled
+# over replicates (mean ± standard error) in results/summary/exploitability.tsv and printed.
 #   snakemake results/summary/exploitability.tsv --cores 2
 
 rule exploitability:
@@ -26,40 +27,56 @@ rule exploitability:
 
 rule exploitability_table:
     input:
-        [PLAN.exploitability_path(policy) for policy in WIRING.evaluated.values()],
+        lambda wc: WIRING.exploitability_reports(wc.replicate),
     output:
-        "results/summary/exploitability.tsv",
+        PATHS["exploitability_table"],
     params:
-        reports=" ".join(f"--report {name}={PLAN.exploitability_path(policy)}" for name, policy in WIRING.evaluated.items()),
+        reports=lambda wc: WIRING.exploitability_table_flags(wc.replicate),
     log:
-        "logs/eval/exploitability_table.log",
+        "logs/eval/exploitability_table-{replicate}.log",
     localrule: True
     shell:
         "linepo exploitability-table {params.reports} --out {output} > {log} 2>&1"
 
 
+# Over replicates: per run, the mean and standard error of the per-replicate tables' numbers.
+rule exploitability_pooled:
+    input:
+        WIRING.per_replicate("exploitability_table"),
+    output:
+        PATHS["exploitability_pooled"],
+    params:
+        tables=WIRING.pooled_flags("--table", "exploitability_table"),
+    log:
+        "logs/eval/exploitability_pooled.log",
+    localrule: True
+    shell:
+        "linepo exploitability-pooled {params.tables} --out {output} > {log} 2>&1"
+
+
 # ---------------------------------------------------------------- Prox fidelity of every step
-# Synthetic oracle only (first-word categories): one job per run reads SFT and every step's
-# policy as exact per-prompt category mixes on the eval prompts and writes each step's KL and TV
-# to its exact Prox target, beside the exact analogue trajectory (linepo.evaluation.prox_fidelity);
-# one local job collects the runs into a table, a per-run summary and a figure.
+# Synthetic oracle only (first-word categories): one job per run and replicate reads SFT and every
+# step's policy as exact per-prompt category mixes on the eval prompts and writes each step's KL
+# and TV to its exact Prox target, beside the exact analogue trajectory
+# (linepo.evaluation.prox_fidelity); one local job per replicate collects its runs into a table
+# and a per-run summary, and one pools the replicates (mean ± SE) and draws the figure.
 #   snakemake results/summary/prox_fidelity.tsv --cores 2
 
 rule prox_fidelity:
     input:
-        policies=lambda wc: WIRING.prox_fidelity_iterates(wc.run),
+        policies=lambda wc: WIRING.prox_fidelity_iterates(wc.run, wc.replicate),
         prompts=PLAN.eval_prompts_path(),
     output:
         tsv=PATHS["prox_fidelity"],
         probs=PATHS["category_probs"],
     params:
-        spec=lambda wc: WIRING.prox_fidelity_spec(wc.run),
+        spec=lambda wc: WIRING.prox_fidelity_spec(wc.run, wc.replicate),
         judge=json.dumps(config["judge"], sort_keys=True),
         runtime=RUNTIME,
     log:
-        "logs/runs/{run}/prox_fidelity.log",
+        "logs/runs/{run}/replicate-{replicate}/prox_fidelity.log",
     benchmark:
-        "benchmarks/runs/{run}/prox_fidelity.tsv"
+        "benchmarks/runs/{run}/replicate-{replicate}/prox_fidelity.tsv"
     resources:
         **RESOURCES["evaluate"],
     shell:
@@ -69,18 +86,35 @@ rule prox_fidelity:
 
 rule prox_fidelity_table:
     input:
-        [PATHS["prox_fidelity"].format(run=run) for run in WIRING.prox_fidelity_runs],
+        lambda wc: [PLAN.path("prox_fidelity", run=run, replicate=wc.replicate) for run in WIRING.prox_fidelity_runs],
     output:
-        tsv="results/summary/prox_fidelity.tsv",
-        runs="results/summary/prox_fidelity_runs.tsv",
-        figure=report("results/summary/prox_fidelity.png", caption="../report/prox_fidelity.rst", category="Evaluation"),
+        tsv=PATHS["prox_fidelity_table"],
+        runs=PATHS["prox_fidelity_runs_table"],
     params:
-        runs=" ".join(f"--run {run}={PATHS['prox_fidelity'].format(run=run)}" for run in WIRING.prox_fidelity_runs),
+        runs=lambda wc: WIRING.prox_fidelity_table_flags(wc.replicate),
     log:
-        "logs/eval/prox_fidelity_table.log",
+        "logs/eval/prox_fidelity_table-{replicate}.log",
     localrule: True
     shell:
-        "linepo prox-fidelity-table {params.runs} --tsv {output.tsv} --runs-tsv {output.runs} "
+        "linepo prox-fidelity-table {params.runs} --tsv {output.tsv} --runs-tsv {output.runs} > {log} 2>&1"
+
+
+rule prox_fidelity_pooled:
+    input:
+        steps=WIRING.per_replicate("prox_fidelity_table"),
+        runs=WIRING.per_replicate("prox_fidelity_runs_table"),
+    output:
+        tsv=PATHS["prox_fidelity_pooled"],
+        runs=PATHS["prox_fidelity_runs_pooled"],
+        figure=report("results/summary/prox_fidelity.png", caption="../report/prox_fidelity.rst", category="Evaluation"),
+    params:
+        tables=WIRING.pooled_flags("--steps", "prox_fidelity_table") + " "
+        + WIRING.pooled_flags("--runs", "prox_fidelity_runs_table"),
+    log:
+        "logs/eval/prox_fidelity_pooled.log",
+    localrule: True
+    shell:
+        "linepo prox-fidelity-pooled {params.tables} --tsv {output.tsv} --runs-tsv {output.runs} "
         "--figure {output.figure} > {log} 2>&1"
 
 

@@ -3,7 +3,7 @@
 # with content-addressed node ids from linepo.workflow.plan: shared steps run once, a changed
 # parameter makes new ids from that step on, and changing it back finds the old files.
 #   snakemake --cores 2                 # everything in config.yaml
-#   snakemake results/runs/linepo/steps.tsv --cores 2   # one run, up to its final policy
+#   snakemake results/runs/linepo/replicate-0/steps.tsv --cores 2   # one run, up to its final policy
 # Rules only wire files to `linepo` commands; helpers, plans and patterns: rules/common.smk.
 
 
@@ -15,7 +15,7 @@ if POLICY["sft"] == "embedded":
         output:
             directory(PATHS["sft"]),
         params:
-            embedded=POLICY["embedded"],
+            embedded=lambda wc: WIRING.sft_embedded(wc.sft),  # replicate r ≥ 1 of a varied SFT: its own seed
             style_mix=" ".join(str(x) for x in POLICY["embedded"]["style_mix"]),
         log:
             "logs/sft/{sft}.log",
@@ -39,8 +39,7 @@ elif POLICY["sft"] == "build":
             directory(PATHS["sft"]),
         params:
             build=POLICY["build"],
-            settings=json.dumps({k: v for k, v in POLICY["build"].items()
-                                 if k not in ("base", "data", "split", "messages_column")}, sort_keys=True),
+            settings=lambda wc: WIRING.sft_build_settings(wc.sft),  # replicate r ≥ 1 of a varied SFT: its own seed
             split=f"--split {POLICY['build']['split']}" if POLICY["build"]["split"] else "",
             tokenizer=f"--tokenizer {POLICY['tokenizer']}" if POLICY.get("tokenizer") else "",
             remote_code=IMPORT_FLAGS,
@@ -251,18 +250,18 @@ rule train:
         "{params.launch} > {log} 2>&1"
 
 
-# ---------------------------------------------------------------- per-run targets
+# ---------------------------------------------------------------- per-run targets, one per replicate
 
 
 rule run_steps:
     input:
-        lambda wc: [PLAN.policy_dir(step.policy) for step in PLAN.runs[wc.run]],
+        lambda wc: [PLAN.policy_dir(step.policy) for step in WIRING.steps(wc.run, wc.replicate)],
     output:
         PATHS["steps"],
     params:
-        steps=lambda wc: WIRING.steps_json(wc.run),
+        steps=lambda wc: WIRING.steps_json(wc.run, wc.replicate),
     log:
-        "logs/runs/{run}/steps.log",
+        "logs/runs/{run}/replicate-{replicate}/steps.log",
     localrule: True
     shell:
         "linepo run-steps --steps {params.steps:q} --out {output} > {log} 2>&1"

@@ -43,8 +43,8 @@ def write_outputs(paths):
 
 def test_the_default_config_names_its_fixed_path_outputs():
     outputs = fixed_outputs(wiring())
-    assert {"results/runs/inpo/steps.tsv", "results/summary/", "results/eval/alpaca_eval/inpo_r2/",
-            "results/synthetic/paper_exact/", "results/runs/inpo/prox_fidelity.tsv",
+    assert {"results/runs/inpo/replicate-0/steps.tsv", "results/summary/", "results/eval/alpaca_eval/inpo_r2/",
+            "results/synthetic/paper_exact/", "results/runs/inpo/replicate-0/prox_fidelity.tsv",
             "results/summary/prox_fidelity.tsv"} <= set(outputs)
     assert fixed_outputs(wiring()) == outputs  # a digest of the config, nothing else
     # Execution keys and resources change how jobs run, not what they write.
@@ -62,19 +62,19 @@ def test_a_config_switch_warns_and_a_rerun_does_not(tmp_path, monkeypatch):
     other = wiring(lambda c: c["runs"]["dpo"].update(eta=8.0))
     switched = switched_outputs(other)
     # DPO's own steps, the summary tables and its AlpacaEval export; not the other runs' steps.
-    assert {"results/runs/dpo/steps.tsv", "results/summary/", "results/eval/alpaca_eval/dpo/"} <= set(switched)
-    assert "results/runs/inpo/steps.tsv" not in switched and "results/synthetic/paper_exact/" not in switched
-    assert {"results/runs/dpo/prox_fidelity.tsv", "results/summary/prox_fidelity.tsv"} <= set(switched)
-    assert "results/runs/inpo/prox_fidelity.tsv" not in switched
+    assert {"results/runs/dpo/replicate-0/steps.tsv", "results/summary/", "results/eval/alpaca_eval/dpo/"} <= set(switched)
+    assert "results/runs/inpo/replicate-0/steps.tsv" not in switched and "results/synthetic/paper_exact/" not in switched
+    assert {"results/runs/dpo/replicate-0/prox_fidelity.tsv", "results/summary/prox_fidelity.tsv"} <= set(switched)
+    assert "results/runs/inpo/replicate-0/prox_fidelity.tsv" not in switched
     line = config_switch_warning(other)
-    assert line.startswith(f"linepo: warning: {MARKER}: another config wrote results/runs/dpo/steps.tsv, ")
+    assert line.startswith(f"linepo: warning: {MARKER}: another config wrote results/runs/dpo/replicate-0/steps.tsv, ")
     assert line.endswith("; running this config overwrites them (use a separate working directory for each config)")
     assert "\n" not in line
 
     # Jobs of the other config rewrite DPO's steps only: that one is recorded as its now.
-    record_outputs(other, written=["results/runs/dpo/steps.tsv", "results/policies/r1/sall/abc/model"])
-    assert "results/runs/dpo/steps.tsv" not in switched_outputs(other)
-    assert "results/runs/dpo/steps.tsv" in switched_outputs(first)
+    record_outputs(other, written=["results/runs/dpo/replicate-0/steps.tsv", "results/policies/r1/sall/abc/model"])
+    assert "results/runs/dpo/replicate-0/steps.tsv" not in switched_outputs(other)
+    assert "results/runs/dpo/replicate-0/steps.tsv" in switched_outputs(first)
     assert "results/summary/" in switched_outputs(other)
 
 

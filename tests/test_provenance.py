@@ -169,7 +169,7 @@ def test_saving_the_same_policy_twice_gives_the_same_bytes(policy, tmp_path):
 
 # ----------------------------------------------------------------------------- a workflow's tree
 
-TARGET = "results/runs/dpo/steps.tsv"  # the training chain only: the evaluation adds minutes, nothing new here
+TARGET = "results/runs/dpo/replicate-0/steps.tsv"  # the training chain only: the evaluation adds minutes, nothing new here
 
 
 @pytest.fixture(scope="module")

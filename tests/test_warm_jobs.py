@@ -107,7 +107,7 @@ def test_a_warm_workflow_with_a_sigkilled_job_resumes_to_the_cold_runs_bytes(tmp
                          prompts={"source": "embedded", "max_prompts": 24, "num_splits": 1, "seed": 0},
                          training={"epochs": 2, "batch_size": 1, "learning_rate": 5.0e-4, "save_steps": 2})
     cold, hot = workflow_with_config(tmp_path / "cold", config), workflow_with_config(tmp_path / "warm", config)
-    target = ["results/runs/inpo/steps.tsv", "--cores", "2"]
+    target = ["results/runs/inpo/replicate-0/steps.tsv", "--cores", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(["snakemake", *target], cwd=cold, env={**env, "LINEPO_WARM": "0"},
                             capture_output=True, text=True, timeout=600)

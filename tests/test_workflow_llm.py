@@ -42,7 +42,7 @@ def test_the_tiny_experiment_runs_and_reports_exploitability(workdir):
     table = (workdir / "results/summary/exploitability.tsv").read_text().splitlines()
     assert table[0].startswith("run\texploitability")
     assert {line.split("\t")[0] for line in table[1:]} == {"sft", "inpo"}
-    steps = (workdir / "results/runs/inpo/steps.tsv").read_text().splitlines()
+    steps = (workdir / "results/runs/inpo/replicate-0/steps.tsv").read_text().splitlines()
     assert len(steps) == 1 + 2 * 2  # header + rounds × splits
     assert dry_run(workdir) == []  # a second invocation has nothing to do
 
@@ -101,7 +101,7 @@ def test_sigkill_mid_training_then_rerun_incomplete_matches_an_uninterrupted_run
                  "runs": {"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 1}}}
     reference = tiny_workflow(tmp_path / "reference", **overrides)
     interrupted = tiny_workflow(tmp_path / "interrupted", **overrides)
-    target = "results/runs/inpo/steps.tsv"
+    target = "results/runs/inpo/replicate-0/steps.tsv"
     assert snakemake(reference, target, "--cores", "2").returncode == 0
 
     process = subprocess.Popen(["snakemake", target, "--cores", "1"], cwd=interrupted,
@@ -154,7 +154,7 @@ def test_validation_pairs_are_their_own_nodes_and_pick_each_steps_checkpoint(tmp
     val_jobs = sorted((rule, w["split"]) for rule, w in jobs if w.get("split") == "val")
     assert val_jobs == sorted([(rule, "val") for rule in ("sample", "judge", "pairs", "score") for _ in range(2)])
     assert ("validation_prompts", {"prompts": next(w["prompts"] for r, w in jobs if r == "validation_prompts")}) in jobs
-    result = snakemake(directory, "results/runs/inpo/steps.tsv", "--cores", "2")
+    result = snakemake(directory, "results/runs/inpo/replicate-0/steps.tsv", "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for model in sorted(directory.glob("results/policies/r1/s*/*/model")):
         summary = yaml.safe_load((model / "linepo_selection.json").read_text())
@@ -162,5 +162,5 @@ def test_validation_pairs_are_their_own_nodes_and_pick_each_steps_checkpoint(tmp
         assert summary["select_best"] and summary["selected_step"] == min(losses, key=losses.get)
         assert summary["final_step"] == max(losses)  # the last step is always a candidate
     assert len(list(directory.glob("results/scored/r1/sval/*.parquet"))) == 2
-    again = snakemake(directory, "-n", "results/runs/inpo/steps.tsv")
+    again = snakemake(directory, "-n", "results/runs/inpo/replicate-0/steps.tsv")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -32,7 +32,8 @@ def read(path):
 def workdir(tmp_path_factory):
     directory = workflow_with_config(tmp_path_factory.mktemp("prox"), TINY)
     planned = [rule for rule, _ in dry_run(directory)]
-    assert planned.count("prox_fidelity") == 2 and planned.count("prox_fidelity_table") == 1
+    assert planned.count("prox_fidelity") == 2 and planned.count("prox_fidelity_table") == 1  # one replicate
+    assert planned.count("prox_fidelity_pooled") == 1
     result = snakemake(directory, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     directory.joinpath("snakemake.out").write_text(result.stdout + result.stderr)
@@ -55,7 +56,7 @@ def test_one_row_per_step_per_run_with_finite_values(workdir):
     inpo = [r for r in rows if r["run"] == "inpo"]
     assert all(float(r["kl_to_target"]) > 1e-6 for r in inpo)  # a real step is not exact
     for run in ("inpo", "still"):
-        assert len(read(workdir / f"results/runs/{run}/prox_fidelity.tsv")) == len([r for r in rows if r["run"] == run])
+        assert len(read(workdir / f"results/runs/{run}/replicate-0/prox_fidelity.tsv")) == len([r for r in rows if r["run"] == run])
 
 
 def test_measured_exploitability_is_the_exploitability_reports(workdir):

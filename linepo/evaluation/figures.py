@@ -98,8 +98,15 @@ def curves(rows: list[dict], out, *, title: str = "") -> Path:
 def prox_fidelity(rows: list[dict], out, *, title: str = "") -> Path:
     """Per run: KL(trained ‖ exact Prox target) per step (log scale), and exploitability per
     step, measured (solid) beside the exact analogue trajectory (dashed) and the exact step from
-    the measured μ_k (crosses); step 0 is SFT."""
+    the measured μ_k (crosses); step 0 is SFT. Rows pooled over replicates
+    (:mod:`linepo.evaluation.pooled`) draw ± one standard error as bands around KL and measured."""
     import math
+
+    def band(axis, x, values, points, column, color):
+        se = [float(p.get(f"{column}_se", "nan")) for p in points]
+        if all(math.isfinite(e) for e in se):
+            axis.fill_between(x, [max(v - e, 1e-12) for v, e in zip(values, se)],
+                              [v + e for v, e in zip(values, se)], color=color, alpha=0.2, linewidth=0)
 
     plt = _pyplot()
     fig, (ax_kl, ax_ex) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -110,12 +117,14 @@ def prox_fidelity(rows: list[dict], out, *, title: str = "") -> Path:
         steps = [int(p["step"]) for p in points]
         kls = [max(float(p["kl_to_target"]), 1e-12) for p in points]  # log scale: an exact step is 1e-12
         ax_kl.plot(steps, kls, marker="o", markersize=3, color=color, label=run)
+        band(ax_kl, steps, kls, points, "kl_to_target", color)
         start = float(points[0]["start_exploitability"])
         measured = [start] + [float(p["measured_exploitability"]) for p in points]
         analogue = [start] + [float(p["analogue_exploitability"]) for p in points]
         if any(math.isnan(v) for v in measured):
             continue
         ax_ex.plot([0] + steps, measured, marker="o", markersize=3, color=color, label=f"{run} (measured)")
+        band(ax_ex, steps, measured[1:], points, "measured_exploitability", color)
         ax_ex.plot([0] + steps, analogue, linestyle="--", color=color, label=f"{run} (exact analogue)")
         ax_ex.plot(steps, [float(p["target_exploitability"]) for p in points], linestyle="none", marker="x",
                    markersize=4, color=color, label=f"{run} (exact step from measured μ_k)")

@@ -4,10 +4,10 @@ Validation fills in the schema's defaults, then checks what a schema cannot (a p
 matrix's P + Pᵀ = 1, per-algorithm run parameters from :mod:`linepo.algorithms`, checkpoints
 that some run produces, held-out prompts that are held out, local model folders that hold what
 loading them needs, prompt files without a hub ``name``: :mod:`linepo.workflow.preflight`;
-prompt sources that exist and fill their splits: :mod:`linepo.workflow.inputs`; no NaN or
-infinity anywhere, no greedy training sampler, no scheduler that cannot run as linepo trains,
-no two names that are one folder on a case-insensitive file system; an unknown key gets the
-closest known one),
+prompt sources that exist and fill their splits: :mod:`linepo.workflow.inputs`; replicates that
+vary what can vary: :mod:`linepo.workflow.replicates`; no NaN or infinity anywhere, no greedy
+training sampler, no scheduler that cannot run as linepo trains, no two names that are one
+folder on a case-insensitive file system; an unknown key gets the closest known one),
 resolves the evaluation section (its judge and decoding default to the training ones) and
 moves the *execution keys* — how a step is spread over processes, not what it computes — out
 of their sections into ``config["_execution"]``, once: node ids, rule params and judge
@@ -32,6 +32,7 @@ from linepo.errors import InputError
 from linepo.sources import DTYPES, looks_local
 from linepo.workflow.inputs import check_prompt_sources, read_config_file
 from linepo.workflow.preflight import check_judge_files, check_model_folder, check_prompt_names
+from linepo.workflow.replicates import check_replicates, replicates_shorthand
 
 #: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
 #: ``judge.max_failed_fraction`` is here too: a limit on what a judging step may lose decides
@@ -128,12 +129,14 @@ def validate_config(config: dict) -> dict:
     config = copy.deepcopy(dict(config))
     config.pop("_execution", None)  # ours: rebuilt below
     _check_finite(config)
+    replicates_shorthand(config)
     errors = sorted(_DefaultingValidator(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise InputError(_schema_message(errors[0]))
     config["_execution"] = _split_execution(config)
     _check_synthetic(config["synthetic"])
     _check_policy(config["policy"])
+    config["replicates"] = check_replicates(config["replicates"], config["policy"]["sft"])
     _check_sampling(config["sampling"])
     _check_names(config)
     _check_schedulers(config)

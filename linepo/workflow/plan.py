@@ -12,6 +12,11 @@ One step k of a run, in round r on prompt split s (Algorithm 4, one iteration):
                                                                                          │
     μ_k ──────────────────────────────────train(loss, η, ητ)──────────────────────────────▶ μ_{k+1}
 
+Replicates (:mod:`linepo.workflow.replicates`) are the same schedules again, with the replicate
+number in the recipes of the stages they vary: ``Plan.replicates`` holds every replicate's runs,
+``Plan.sfts`` their SFT policies; ``Plan.runs`` and ``Plan.sft`` are replicate 0's, whose ids are
+those of the config without replicates.
+
     linepo plan config.yaml       # the plan's node counts and run schedules
 """
 
@@ -22,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 
 from linepo.algorithms import ALGORITHMS
+from linepo.workflow.replicates import FOLDER, recipe_tags
+from linepo.workflow.replicates import describe as describe_replicates
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
@@ -101,6 +108,7 @@ class Step:
     policy: str  # the policy *after* this step
     reference: str
     reference_moved: bool
+    replicate: int = 0
 
 
 @dataclass
@@ -115,7 +123,10 @@ class Plan:
     samples: dict = field(default_factory=dict)
     prefs: dict = field(default_factory=dict)
     scored: dict = field(default_factory=dict)
-    runs: dict = field(default_factory=dict)  # run -> list[Step]
+    runs: dict = field(default_factory=dict)  # run -> list[Step]: replicate 0's (what evaluation reads)
+    replicates: dict = field(default_factory=dict)  # replicate -> run -> list[Step]; [0] is runs
+    sfts: dict = field(default_factory=dict)  # replicate -> its SFT policy id (one id when sft does not vary)
+    vary: tuple = ()  # what differs between replicates (replicates.vary); () with one replicate
 
     # ---------------------------------------------------------------- paths
     #: Every file a node writes, by kind; the rules' output patterns (wildcards in braces) and
@@ -130,11 +141,30 @@ class Plan:
         "prefs": "results/prefs/r{round}/s{split}/{prefs}/prefs.parquet",
         "scored": "results/scored/r{round}/s{split}/{scored}.parquet",
         "policy": "results/policies/r{round}/s{split}/{policy}/model",
-        "steps": "results/runs/{run}/steps.tsv",
-        "prox_fidelity": "results/runs/{run}/prox_fidelity.tsv",
-        "category_probs": "results/runs/{run}/category_probs.json",
+        "steps": f"results/runs/{{run}}/{FOLDER}/steps.tsv",
+        "prox_fidelity": f"results/runs/{{run}}/{FOLDER}/prox_fidelity.tsv",
+        "category_probs": f"results/runs/{{run}}/{FOLDER}/category_probs.json",
         "exploitability": "results/eval/exploitability/{policy}.json",
+        # per replicate (same format as the pooled tables' inputs), then pooled over replicates
+        "exploitability_table": "results/summary/replicates/exploitability-{replicate}.tsv",
+        "prox_fidelity_table": "results/summary/replicates/prox_fidelity-{replicate}.tsv",
+        "prox_fidelity_runs_table": "results/summary/replicates/prox_fidelity_runs-{replicate}.tsv",
+        "exploitability_pooled": "results/summary/exploitability.tsv",
+        "prox_fidelity_pooled": "results/summary/prox_fidelity.tsv",
+        "prox_fidelity_runs_pooled": "results/summary/prox_fidelity_runs.tsv",
     }
+
+    def path(self, kind: str, **wildcards) -> str:
+        """A template of :data:`TEMPLATES` filled in."""
+        return self.TEMPLATES[kind].format(**wildcards)
+
+    @property
+    def replicate_count(self) -> int:
+        return len(self.replicates) or 1
+
+    def sft_replicate(self, sft_id: str) -> int:
+        """The first replicate whose SFT policy ``sft_id`` is (0 when every replicate shares it)."""
+        return min(r for r, sft in self.sfts.items() if sft == sft_id) if self.sfts else 0
 
     def exploitability_path(self, policy_id: str) -> str:
         return self.TEMPLATES["exploitability"].format(policy=policy_id)
@@ -182,17 +212,18 @@ class Plan:
         settings = {key: value for key, value in step.items() if key not in ("training", "validation")}
         return {**settings, **step["training"], **step.get("validation", {})}
 
-    def final_policy(self, run: str) -> str:
-        return self.runs[run][-1].policy
+    def final_policy(self, run: str, replicate: int = 0) -> str:
+        return self.replicates.get(replicate, self.runs)[run][-1].policy
 
-    def policy_after_round(self, run: str, round_: int) -> str | None:
+    def policy_after_round(self, run: str, round_: int, replicate: int = 0) -> str | None:
         """The run's policy at the end of round ``round_`` (its last split), or None if it has none."""
-        steps = [step for step in self.runs[run] if step.round == round_]
+        steps = [step for step in self.replicates.get(replicate, self.runs)[run] if step.round == round_]
         return steps[-1].policy if steps else None
 
     def counts(self) -> dict:
+        """Nodes of every replicate, each once; ``policies``: trained ones (SFT policies not counted)."""
         return {
-            "policies": len(self.policies) - 1,
+            "policies": len(self.policies) - len(set(self.sfts.values()) or {self.sft}),
             "samples": len(self.samples),
             "prefs": len(self.prefs),
             "scored": len(self.scored),
@@ -204,7 +235,8 @@ def _section(config: dict, key: str) -> dict:
 
 
 def build_plan(config: dict) -> Plan:
-    """The plan of a *validated* config (see :func:`linepo.workflow.config.validate_config`)."""
+    """The plan of a *validated* config (see :func:`linepo.workflow.config.validate_config`): every
+    replicate's runs (:mod:`linepo.workflow.replicates`); ``Plan.runs`` and ``Plan.sft`` are replicate 0's."""
     policy_cfg = _section(config, "policy")
     sft_recipe = {"sft": policy_cfg["sft"], "dtype": policy_cfg["dtype"]}
     if policy_cfg["sft"] == "embedded":
@@ -214,16 +246,16 @@ def build_plan(config: dict) -> Plan:
             sft_recipe["tokenizer"] = policy_cfg["tokenizer"]
         if policy_cfg["sft"] == "build":
             sft_recipe["build"] = policy_cfg["build"]
-    sft_id = recipe_id("sft", sft_recipe)
+    replicates = config.get("replicates") or {"count": 1, "vary": []}
     prompts_cfg = _section(config, "prompts")
     prompts_id = recipe_id("prompts", prompts_cfg)
     validation_cfg = _section(config, "validation")
     validating = bool(validation_cfg.get("enabled")) and bool(config.get("runs"))
-    plan = Plan(sft=sft_id, prompts=prompts_id, num_splits=prompts_cfg["num_splits"],
+    plan = Plan(sft=recipe_id("sft", sft_recipe), prompts=prompts_id, num_splits=prompts_cfg["num_splits"],
                 eval_prompts=recipe_id("prompts", _section(config, "eval_prompts")),
                 validation_prompts=recipe_id("prompts", validation_cfg["prompts"]) if validating else "",
-                external_sft=None if policy_cfg["sft"] in ("embedded", "build") else policy_cfg["sft"])
-    plan.policies[sft_id] = PolicyNode(sft_id, 0, "sft")
+                external_sft=None if policy_cfg["sft"] in ("embedded", "build") else policy_cfg["sft"],
+                vary=tuple(replicates["vary"]) if replicates["count"] > 1 else ())
     # How the trainer evaluates and selects on the held-out pairs: part of a step's recipe.
     selection = {"eval_steps": validation_cfg["eval_steps"], "select_best": validation_cfg["select_best"]} \
         if validating else {}
@@ -234,13 +266,14 @@ def build_plan(config: dict) -> Plan:
     preferences = _section(config, "preferences")
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
 
-    def data_for(policy_id: str, round_: int, split: int | str) -> str:
+    def data_for(policy_id: str, round_: int, split: int | str, tags: dict) -> str:
         """Sample → judge → pairs for a policy on a split (or "val"); returns the prefs id."""
         source = plan.validation_prompts if split == VALIDATION_SPLIT else prompts_id
         sample_id = recipe_id("sample", {"policy": policy_id, "prompts": source, "split": split,
-                                         "sampling": sampling, **runtime})
+                                         "sampling": sampling, **runtime, **tags["sample"]})
         plan.samples.setdefault(sample_id, SampleNode(sample_id, round_, str(split), policy_id, sampling))
-        pref_id = recipe_id("judge", {"sample": sample_id, "judge": judge, "preferences": preferences})
+        pref_id = recipe_id("judge", {"sample": sample_id, "judge": judge, "preferences": preferences,
+                                      **tags["judge"]})
         plan.prefs.setdefault(pref_id, PrefNode(pref_id, round_, str(split), sample_id, judge, preferences))
         return pref_id
 
@@ -250,13 +283,14 @@ def build_plan(config: dict) -> Plan:
         plan.scored.setdefault(scored_id, ScoredNode(scored_id, round_, split, tuple(pref_ids), reference, anchor))
         return scored_id
 
-    def train(parent: str, reference: str, scored_id: str, settings: dict, round_: int, split: str) -> str:
+    def train(parent: str, reference: str, scored_id: str, settings: dict, round_: int, split: str,
+              tags: dict) -> str:
         recipe = {"parent": parent, "reference": reference, "scored": scored_id, **settings, **runtime}
         validation = ()
         if validating:
             # Held-out pairs sampled by the policy being updated (its own nodes, shared by every
             # run that reaches this step), scored against this step's reference and anchor.
-            pref_id = data_for(parent, round_, VALIDATION_SPLIT)
+            pref_id = data_for(parent, round_, VALIDATION_SPLIT, tags)
             validation = (scored_for([pref_id], reference, parent, round_, VALIDATION_SPLIT),)
             settings = {**settings, "validation": selection}
             recipe.update(validation=validation[0], selection=selection)
@@ -265,31 +299,40 @@ def build_plan(config: dict) -> Plan:
                                                        (scored_id,), settings, validation))
         return policy_id
 
-    for run_name, run in config.get("runs", {}).items():
+    def schedule(run_name: str, run: dict, sft_id: str, replicate: int, tags: dict) -> list[Step]:
         algorithm = ALGORITHMS[run["algorithm"]]
         loss, reference_rule = algorithm.loss, algorithm.reference
         steps = []
         if algorithm.one_pass:
             settings = _step_settings(config, run, loss, round_=1)
-            pref_ids = [data_for(sft_id, 1, s) for s in range(plan.num_splits)]
+            pref_ids = [data_for(sft_id, 1, s, tags) for s in range(plan.num_splits)]
             scored_id = scored_for(pref_ids, sft_id, sft_id, 1, "all")
-            policy_id = train(sft_id, sft_id, scored_id, settings, 1, "all")
-            steps.append(Step(run_name, 1, "all", policy_id, sft_id, False))
-        else:
-            current, reference = sft_id, sft_id
-            moves = run["reference_moves"]
-            for round_ in range(1, run["rounds"] + 1):
-                moved = reference_rule == "moving" and round_ > 1 and (moves == "every_round" or round_ in moves)
-                if moved:
-                    reference = current
-                settings = _step_settings(config, run, loss, round_)
-                for split in range(plan.num_splits):
-                    step_reference = current if reference_rule == "current" else reference
-                    pref_id = data_for(current, round_, split)
-                    scored_id = scored_for([pref_id], step_reference, current, round_, str(split))
-                    current = train(current, step_reference, scored_id, settings, round_, str(split))
-                    steps.append(Step(run_name, round_, str(split), current, step_reference, moved and split == 0))
-        plan.runs[run_name] = steps
+            policy_id = train(sft_id, sft_id, scored_id, settings, 1, "all", tags)
+            return [Step(run_name, 1, "all", policy_id, sft_id, False, replicate)]
+        current, reference = sft_id, sft_id
+        moves = run["reference_moves"]
+        for round_ in range(1, run["rounds"] + 1):
+            moved = reference_rule == "moving" and round_ > 1 and (moves == "every_round" or round_ in moves)
+            if moved:
+                reference = current
+            settings = _step_settings(config, run, loss, round_)
+            for split in range(plan.num_splits):
+                step_reference = current if reference_rule == "current" else reference
+                pref_id = data_for(current, round_, split, tags)
+                scored_id = scored_for([pref_id], step_reference, current, round_, str(split))
+                current = train(current, step_reference, scored_id, settings, round_, str(split), tags)
+                steps.append(Step(run_name, round_, str(split), current, step_reference, moved and split == 0,
+                                  replicate))
+        return steps
+
+    for replicate in range(replicates["count"]):
+        tags = recipe_tags(replicates, replicate)
+        sft_id = recipe_id("sft", {**sft_recipe, **tags["sft"]})
+        plan.sfts[replicate] = sft_id
+        plan.policies.setdefault(sft_id, PolicyNode(sft_id, 0, "sft"))
+        plan.replicates[replicate] = {name: schedule(name, run, sft_id, replicate, tags)
+                                      for name, run in config.get("runs", {}).items()}
+    plan.runs = plan.replicates[0]
     return plan
 
 
@@ -320,8 +363,13 @@ def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
 
 
 def describe(plan: Plan) -> str:
-    lines = [f"SFT policy {plan.sft}; prompts {plan.prompts} in {plan.num_splits} splits"]
+    sfts = sorted(set(plan.sfts.values()) or {plan.sft}, key=plan.sft_replicate)
+    lines = [f"SFT polic{'ies' if len(sfts) > 1 else 'y'} {', '.join(sfts)}; prompts {plan.prompts} in "
+             f"{plan.num_splits} splits"]
+    lines.append(describe_replicates({"count": plan.replicate_count, "vary": list(plan.vary)}))
     lines.append("nodes: " + ", ".join(f"{k}={v}" for k, v in plan.counts().items()))
-    for run, steps in plan.runs.items():
-        lines.append(f"run {run}: {len(steps)} steps, final {plan.policy_dir(steps[-1].policy)}")
+    for replicate, runs in (plan.replicates or {0: plan.runs}).items():
+        where = f" (replicate {replicate})" if plan.replicate_count > 1 else ""
+        for run, steps in runs.items():
+            lines.append(f"run {run}{where}: {len(steps)} steps, final {plan.policy_dir(steps[-1].policy)}")
     return "\n".join(lines)

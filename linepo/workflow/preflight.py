@@ -18,11 +18,11 @@ vllm importable. ``LINEPO_SKIP_ENV_CHECKS=1`` skips them, to plan here what runs
 Each problem is one :class:`InputError` line naming the config key, before any job is planned,
 instead of a failed job after the SFT import and sampling.
 
-*Fixed-path outputs* — ``results/runs/<run>/steps.tsv`` and ``prox_fidelity.tsv``, ``results/summary/``,
-``results/eval/alpaca_eval/<checkpoint>/``, ``results/synthetic/<setting>/`` — are named by config
-names, not recipe ids, so another config in the same working directory overwrites them. :data:`MARKER`
-records a digest of what each was computed from (written when jobs start: :func:`record_outputs`);
-planning warns when the current config would overwrite one that another config wrote (:func:`config_switch_warning`).
+*Fixed-path outputs* — ``results/runs/<run>/replicate-<r>/`` (``steps.tsv``, ``prox_fidelity.tsv``),
+``results/summary/``, ``results/eval/alpaca_eval/<checkpoint>/``, ``results/synthetic/<setting>/`` — are
+named by config names, not recipe ids, so another config in the same working directory overwrites them.
+:data:`MARKER` records a digest of what each was computed from (when jobs start: :func:`record_outputs`);
+planning warns when this config would overwrite one another config wrote (:func:`config_switch_warning`).
 """
 
 from __future__ import annotations
@@ -311,10 +311,10 @@ def fixed_outputs(wiring) -> dict[str, str]:
     """The fixed-path outputs a config's workflow writes (a file, or a folder ending in "/"),
     each with a digest of what it is computed from (its rules' params: ids, labels, settings)."""
     config, plan, eplan = wiring.config, wiring.plan, wiring.eval
-    outputs = {f"results/runs/{run}/steps.tsv": _digest(wiring.steps_json(run)) for run in plan.runs}
-    summary = {}
-    if wiring.synthetic_judge and plan.runs:
+    outputs, summary = wiring.run_outputs(_digest), {}  # results/runs/<run>/replicate-<r>/steps.tsv
+    if wiring.synthetic_judge and plan.runs:  # replicate 0's reports as before; the others' beside them
         summary["exploitability"] = {name: plan.exploitability_path(p) for name, p in wiring.evaluated.items()}
+        summary.update({f"exploitability-{r}": wiring.exploitability_reports(r) for r in wiring.replicates if r})
     if wiring.evaluating:
         section = config["evaluation"]
         summary["evaluation"] = [eplan.matrix_spec(), eplan.curves_spec() if eplan.curves else None,

@@ -57,7 +57,29 @@ class Wiring:
 
     def __post_init__(self):
         self.plan = build_plan(self.config)
+        # Evaluation (win rates, curves, AlpacaEval) reads Plan.sft and Plan.runs: replicate 0's
+        # checkpoints only, for now; exploitability and Prox fidelity cover every replicate.
         self.eval = build_eval_plan(self.config, self.plan)
+
+    @property
+    def replicates(self) -> range:
+        return range(self.plan.replicate_count)
+
+    # -- the SFT build: replicate 0 with the config's seed (its params as without replicates, so
+    #    nothing reruns), replicate r ≥ 1 of a varied SFT with its node id's (linepo.workflow.replicates)
+    def sft_seed(self, sft_id: str, seed: int) -> int:
+        return seed if self.plan.sft_replicate(sft_id) == 0 else node_seed(sft_id)
+
+    def sft_embedded(self, sft_id: str) -> dict:
+        """rule sft_embedded's ``embedded`` param: policy.embedded with this SFT's seed."""
+        section = self.config["policy"]["embedded"]
+        return {**section, "seed": self.sft_seed(sft_id, section["seed"])}
+
+    def sft_build_settings(self, sft_id: str) -> str:
+        """rule sft_build's ``linepo sft --config-json``: policy.build's training settings, this SFT's seed."""
+        build = self.config["policy"]["build"]
+        settings = {k: v for k, v in build.items() if k not in ("base", "data", "split", "messages_column")}
+        return json.dumps({**settings, "seed": self.sft_seed(sft_id, build["seed"])}, sort_keys=True)
 
     # -- runtime flags of every job that loads a policy
     @property
@@ -132,15 +154,24 @@ class Wiring:
         return cli_flags({**section, "split": split}, ["split", "prompt_column", "max_prompts", "max_prompt_chars",
                                                         "name"])
 
-    # -- per-run outputs
-    def steps_json(self, run: str) -> str:
-        """A run's schedule for ``linepo run-steps`` (results/runs/<run>/steps.tsv)."""
+    # -- per-run outputs, one per replicate (results/runs/<run>/replicate-<r>/)
+    def steps(self, run: str, replicate=0) -> list:
+        """A run's steps in one replicate (``replicate``: an int, or a wildcard's string)."""
+        return self.plan.replicates[int(replicate)][run]
+
+    def steps_json(self, run: str, replicate=0) -> str:
+        """A run's schedule for ``linepo run-steps`` (results/runs/<run>/replicate-<r>/steps.tsv)."""
         plan = self.plan
         return json.dumps([
             {"round": s.round, "split": s.split, "policy": plan.policy_dir(s.policy),
              "reference": plan.policy_dir(s.reference), "reference_moved": s.reference_moved}
-            for s in plan.runs[run]
+            for s in self.steps(run, replicate)
         ])
+
+    def run_outputs(self, digest) -> dict[str, str]:
+        """Every replicate's steps.tsv with ``digest`` of its schedule (linepo.workflow.preflight)."""
+        return {self.plan.path("steps", run=run, replicate=r): digest(self.steps_json(run, r))
+                for r in self.replicates for run in self.plan.runs}
 
     @property
     def synthetic_judge(self) -> bool:
@@ -157,48 +188,83 @@ class Wiring:
                  and judge.get("case_sensitive", True))
         return list(self.plan.runs) if exact else []
 
-    def prox_fidelity_iterates(self, run: str) -> list[str]:
-        """A run's iterates as policy folders: SFT, then the policy after each step."""
-        return [self.plan.policy_dir(p) for p in [self.plan.sft] + [s.policy for s in self.plan.runs[run]]]
+    def prox_fidelity_iterates(self, run: str, replicate=0) -> list[str]:
+        """A run's iterates in one replicate as policy folders: its SFT, then the policy after each step."""
+        return [self.plan.policy_dir(p) for p in self._iterates(run, replicate)]
 
-    def prox_fidelity_spec(self, run: str) -> str:
+    def _iterates(self, run: str, replicate) -> list[str]:
+        return [self.plan.sfts[int(replicate)]] + [s.policy for s in self.steps(run, replicate)]
+
+    def prox_fidelity_spec(self, run: str, replicate=0) -> str:
         """``linepo prox-fidelity --spec``: the run's iterates and, per step, its loss, η (ητ) and
         which iterate is its reference (0 = SFT; the sampler of step k is iterate k − 1)."""
         plan = self.plan
-        ids = [plan.sft] + [s.policy for s in plan.runs[run]]
-        index = {policy: i for i, policy in enumerate(ids)}
+        index = {policy: i for i, policy in enumerate(self._iterates(run, replicate))}
         steps = []
-        for k, step in enumerate(plan.runs[run], start=1):
+        for k, step in enumerate(self.steps(run, replicate), start=1):
             train = plan.policies[step.policy].train
             steps.append({"step": k, "round": step.round, "split": step.split, "loss": train["loss"],
                           "eta": train["eta"], "eta_tau": train.get("eta_tau"), "reference": index[step.reference]})
         return json.dumps({"run": run, "algorithm": self.config["runs"][run]["algorithm"],
-                           "iterates": self.prox_fidelity_iterates(run), "steps": steps}, sort_keys=True)
+                           "iterates": self.prox_fidelity_iterates(run, replicate), "steps": steps}, sort_keys=True)
+
+    def prox_fidelity_table_flags(self, replicate) -> str:
+        """``linepo prox-fidelity-table --run NAME=FILE ...`` of one replicate."""
+        return " ".join(f"--run {run}={self.plan.path('prox_fidelity', run=run, replicate=replicate)}"
+                        for run in self.prox_fidelity_runs)
 
     @property
     def evaluated(self) -> dict[str, str]:
-        """Exploitability reports: SFT and every run's final policy, by name."""
-        return {"sft": self.plan.sft, **{run: self.plan.final_policy(run) for run in self.plan.runs}}
+        """Exploitability reports: SFT and every run's final policy, by name (replicate 0's)."""
+        return self.evaluated_in(0)
+
+    def evaluated_in(self, replicate) -> dict[str, str]:
+        """One replicate's exploitability reports: its SFT and every run's final policy, by name."""
+        r = int(replicate)
+        return {"sft": self.plan.sfts[r], **{run: self.plan.final_policy(run, r) for run in self.plan.runs}}
+
+    def exploitability_reports(self, replicate) -> list[str]:
+        """The JSON reports of one replicate's exploitability table."""
+        return [self.plan.exploitability_path(policy) for policy in self.evaluated_in(replicate).values()]
+
+    def exploitability_table_flags(self, replicate) -> str:
+        """``linepo exploitability-table --report NAME=FILE ...`` of one replicate."""
+        return " ".join(f"--report {name}={self.plan.exploitability_path(policy)}"
+                        for name, policy in self.evaluated_in(replicate).items())
+
+    def per_replicate(self, kind: str) -> list[str]:
+        """A per-replicate table's path (Plan.TEMPLATES ``kind``) for every replicate."""
+        return [self.plan.path(kind, replicate=r) for r in self.replicates]
+
+    def pooled_flags(self, flag: str, kind: str) -> str:
+        """``FLAG R=FILE`` for every replicate's table of ``kind``: what a pooling command reads."""
+        return " ".join(f"{flag} {r}={path}" for r, path in zip(self.replicates, self.per_replicate(kind)))
 
     @property
     def evaluating(self) -> bool:
         return self.config["evaluation"]["enabled"] and bool(self.plan.runs)
 
     def prox_fidelity_outputs(self, digest) -> dict[str, str]:
-        """The fixed-path Prox-fidelity tables, each with ``digest`` of what it is computed from
-        (for :func:`linepo.workflow.preflight.fixed_outputs`)."""
-        runs = {self.plan.TEMPLATES["prox_fidelity"].format(run=run):
-                digest(self.prox_fidelity_spec(run), self.plan.eval_prompts, self.config["judge"])
-                for run in self.prox_fidelity_runs}
-        return {**runs, "results/summary/prox_fidelity.tsv": digest(runs)} if runs else {}
+        """The fixed-path Prox-fidelity tables (every replicate's per run and collected, and the
+        pooled one), each with ``digest`` of what it is computed from (for
+        :func:`linepo.workflow.preflight.fixed_outputs`)."""
+        outputs, tables = {}, {}
+        for r in self.replicates:
+            runs = {self.plan.path("prox_fidelity", run=run, replicate=r):
+                    digest(self.prox_fidelity_spec(run, r), self.plan.eval_prompts, self.config["judge"])
+                    for run in self.prox_fidelity_runs}
+            if runs:
+                tables[self.plan.path("prox_fidelity_table", replicate=r)] = digest(runs)
+            outputs.update(runs)
+        return {**outputs, **tables, self.plan.path("prox_fidelity_pooled"): digest(tables)} if tables else {}
 
     # -- targets of `rule all`
     def llm_targets(self) -> list[str]:
-        targets = [f"results/runs/{run}/steps.tsv" for run in self.plan.runs]
+        targets = [path for path in self.run_outputs(str)]
         if self.synthetic_judge and self.plan.runs:
-            targets.append("results/summary/exploitability.tsv")
+            targets.append(self.plan.path("exploitability_pooled"))
         if self.prox_fidelity_runs:
-            targets.append("results/summary/prox_fidelity.tsv")
+            targets.append(self.plan.path("prox_fidelity_pooled"))
         return targets
 
     def eval_targets(self) -> list[str]:
