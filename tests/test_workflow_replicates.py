@@ -85,8 +85,8 @@ def test_the_pooled_tables_are_the_means_of_the_per_replicate_ones(workdir):
     assert set(pooled) == {"sft", "inpo"}
     for run, row in pooled.items():
         mean, se = mean_and_se(t[run]["exploitability"] for t in per)
-        assert row["replicates"] == "2" and float(row["exploitability"]) == pytest.approx(mean, abs=5e-5)
-        assert float(row["exploitability_se"]) == pytest.approx(se, abs=5e-5)
+        assert row["replicates"] == "2" and float(row["exploitability"]) == pytest.approx(mean, abs=5.1e-5)
+        assert float(row["exploitability_se"]) == pytest.approx(se, abs=5.1e-5)
     runs = [read(workdir / f"results/summary/replicates/prox_fidelity_runs-{r}.tsv")[0] for r in (0, 1)]
     (fidelity,) = read(workdir / "results/summary/prox_fidelity_runs.tsv")
     for number in ("median_kl_to_target", "final_measured_exploitability", "final_analogue_exploitability"):

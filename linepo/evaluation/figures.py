@@ -99,14 +99,24 @@ def prox_fidelity(rows: list[dict], out, *, title: str = "") -> Path:
     """Per run: KL(trained ‖ exact Prox target) per step (log scale), and exploitability per
     step, measured (solid) beside the exact analogue trajectory (dashed) and the exact step from
     the measured μ_k (crosses); step 0 is SFT. Rows pooled over replicates
-    (:mod:`linepo.evaluation.pooled`) draw ± one standard error as bands around KL and measured."""
+    (:mod:`linepo.evaluation.pooled`) draw ± one standard error as bands around KL and measured
+    (the KL band cut at a tenth of the run's smallest KL: its axis is logarithmic)."""
     import math
 
-    def band(axis, x, values, points, column, color):
-        se = [float(p.get(f"{column}_se", "nan")) for p in points]
-        if all(math.isfinite(e) for e in se):
-            axis.fill_between(x, [max(v - e, 1e-12) for v, e in zip(values, se)],
-                              [v + e for v, e in zip(values, se)], color=color, alpha=0.2, linewidth=0)
+    def band(axis, x, values, se, color, floor):
+        """± se around values, cut at ``floor``: a band, or an error bar where there is one point
+        (nothing without se)."""
+        if not se or not all(math.isfinite(e) for e in se):
+            return
+        low, high = [max(v - e, floor) for v, e in zip(values, se)], [v + e for v, e in zip(values, se)]
+        if len(x) > 1:
+            axis.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        else:
+            axis.errorbar(x, values, yerr=[[v - lo for v, lo in zip(values, low)], [h - v for v, h in zip(values, high)]],
+                          fmt="none", ecolor=color, alpha=0.5, capsize=3)
+
+    def se_of(points, column):
+        return [float(p.get(f"{column}_se", "nan")) for p in points] if f"{column}_se" in points[0] else []
 
     plt = _pyplot()
     fig, (ax_kl, ax_ex) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -117,14 +127,16 @@ def prox_fidelity(rows: list[dict], out, *, title: str = "") -> Path:
         steps = [int(p["step"]) for p in points]
         kls = [max(float(p["kl_to_target"]), 1e-12) for p in points]  # log scale: an exact step is 1e-12
         ax_kl.plot(steps, kls, marker="o", markersize=3, color=color, label=run)
-        band(ax_kl, steps, kls, points, "kl_to_target", color)
+        band(ax_kl, steps, kls, se_of(points, "kl_to_target"), color, floor=min(kls) / 10)  # a log axis
         start = float(points[0]["start_exploitability"])
         measured = [start] + [float(p["measured_exploitability"]) for p in points]
         analogue = [start] + [float(p["analogue_exploitability"]) for p in points]
         if any(math.isnan(v) for v in measured):
             continue
         ax_ex.plot([0] + steps, measured, marker="o", markersize=3, color=color, label=f"{run} (measured)")
-        band(ax_ex, steps, measured[1:], points, "measured_exploitability", color)
+        measured_se = se_of(points, "measured_exploitability")
+        band(ax_ex, [0] + steps, measured, measured_se and se_of(points[:1], "start_exploitability") + measured_se,
+             color, floor=0.0)
         ax_ex.plot([0] + steps, analogue, linestyle="--", color=color, label=f"{run} (exact analogue)")
         ax_ex.plot(steps, [float(p["target_exploitability"]) for p in points], linestyle="none", marker="x",
                    markersize=4, color=color, label=f"{run} (exact step from measured μ_k)")

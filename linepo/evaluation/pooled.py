@@ -34,10 +34,12 @@ STEP_NUMBERS = ("kl_to_target", "kl_to_target_max", "tv_to_target", "measured_ex
                 "target_exploitability", "analogue_exploitability", "kl_to_analogue", "start_exploitability")
 #: Columns of a Prox-fidelity step row that identify it or are equal in every replicate.
 STEP_KEPT = ("run", "algorithm", "step", "round", "split", "loss", "eta", "eta_tau", "method")
-#: Numbers of a Prox-fidelity run row that are pooled (each with its _se column).
+#: Numbers of a Prox-fidelity run row that are pooled (means).
 RUN_NUMBERS = ("median_kl_to_target", "max_kl_to_target", "median_tv_to_target", "start_exploitability",
                "final_measured_exploitability", "final_analogue_exploitability", "analogue_gap",
                "final_target_exploitability")
+#: Those whose standard error the pooled per-run table shows, each beside its mean (the printed summary).
+RUN_SE = ("median_kl_to_target", "final_measured_exploitability", "final_analogue_exploitability", "analogue_gap")
 
 
 def mean_se(values) -> tuple[float, float]:
@@ -155,9 +157,13 @@ def step_columns(columns) -> tuple:
 
 
 def run_columns(columns) -> tuple:
-    """The pooled per-run table's columns: ``columns`` (a replicate's per-run table's), then
-    ``replicates`` and every pooled number's ``_se``."""
-    return (*columns, "replicates", *[f"{n}_se" for n in RUN_NUMBERS])
+    """The pooled per-run table's columns: ``columns`` (a replicate's per-run table's) with
+    ``replicates`` after the algorithm and each of :data:`RUN_SE`'s ``_se`` after its mean."""
+    out = []
+    for column in columns:
+        out += [column] + (["replicates"] if column == "algorithm" else []) + \
+            ([f"{column}_se"] if column in RUN_SE else [])
+    return tuple(out)
 
 
 def pool_prox_fidelity(steps: dict[int, list[dict]], runs: dict[int, list[dict]]) -> tuple[list[dict], list[dict]]:
