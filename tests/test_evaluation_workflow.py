@@ -210,7 +210,7 @@ def test_adding_a_run_judges_only_its_row_and_column(workdir):
         edit_config(workdir, lambda c: c["runs"].pop("ipo"))
     jobs = dry_run(workdir)  # back to the old batches, still there: only the tables are rewritten
     assert {rule for rule, _ in jobs} <= {"win_rate_matrix", "eval_curves", "eval_summary", "exploitability_table",
-                                         "prox_fidelity_table", "all"}
+                                         "prox_fidelity_table", "exploitability_pooled", "prox_fidelity_pooled", "all"}
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_tsv(workdir / "results/summary/win_rates_pairs.tsv") == old_pairs
