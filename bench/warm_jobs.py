@@ -1,7 +1,8 @@
 """Warm local jobs (linepo.warm): a workflow's wall time cold vs warm, and what each job pays to start.
 
     HF_HUB_OFFLINE=1 python bench/warm_jobs.py                     # a tiny config (~3 min on 2 cores)
-    HF_HUB_OFFLINE=1 python bench/warm_jobs.py --config default    # the embedded default (~15 min)
+    HF_HUB_OFFLINE=1 python bench/warm_jobs.py --config default    # the embedded default (~25 min)
+    HF_HUB_OFFLINE=1 python bench/warm_jobs.py --config default --replicates 1 --also-replicates 2 --keep DIR
 
 Runs the same config twice in fresh copies of the workflow, in one process so that both
 see the same machine: cold (``LINEPO_WARM=0``: every job imports torch and transformers)
@@ -10,11 +11,15 @@ warm ≤ ½ cold), whether ``results/`` is byte-identical, the mean job time per
 each job's ``benchmarks/*.tsv``, and the per-job start cost: cold, the interpreter plus
 ``linepo`` plus the torch/transformers imports a model job starts with; warm, a ``linepo``
 command's round trip through a running server (client start, hand-over, fork, exit).
+``--also-replicates N`` adds a third run, warm, of the same config with N replicates, timed
+against the cold one (does warm make room for replicates at today's cost?). ``--keep DIR``
+keeps the workflow copies (their results and logs) in DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import statistics
@@ -99,21 +104,35 @@ def main() -> None:
     parser.add_argument("--config", choices=["tiny", "default"], default="tiny")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="start-cost measurements (median)")
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR/cold and DIR/warm and keep them (default: a temporary folder)")
+    parser.add_argument("--replicates", type=int, help="the cold and warm runs' replicates (default: the config's)")
+    parser.add_argument("--also-replicates", type=int, metavar="N",
+                        help="then a third run, warm, with N replicates, timed against the cold run")
     args = parser.parse_args()
     config = (yaml.safe_load((REPO / "config.yaml").read_text()) if args.config == "default"
               else tiny_config(runs=TINY_RUNS))
-    with tempfile.TemporaryDirectory(prefix="warm-jobs-") as tmp:
+    if args.replicates:
+        config["replicates"] = args.replicates
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="warm-jobs-")) as tmp:
         cold_dir = workflow_with_config(Path(tmp) / "cold", config)
         warm_dir = workflow_with_config(Path(tmp) / "warm", config)
         cold = run_workflow(cold_dir, warm=False, cores=args.cores)
         warm = run_workflow(warm_dir, warm=True, cores=args.cores)
         identical = digest(cold_dir / "results") == digest(warm_dir / "results")
         cold_jobs, warm_jobs = job_times(cold_dir), job_times(warm_dir)
+        if args.also_replicates:
+            more_dir = workflow_with_config(Path(tmp) / f"warm-{args.also_replicates}-replicates",
+                                            {**config, "replicates": args.also_replicates})
+            more = run_workflow(more_dir, warm=True, cores=args.cores)
+            more_jobs = sum(len(v) for v in job_times(more_dir).values())
         cold_start, warm_start = start_costs(Path(tmp), args.repeats)
     jobs = sum(len(v) for v in cold_jobs.values())
     print(f"config {args.config}: {jobs} jobs, --cores {args.cores}")
     print(f"wall time   cold {cold:7.1f} s   warm {warm:7.1f} s   warm/cold {warm / cold:.2f} (goal <= 0.50)")
     print(f"results/    byte-identical: {identical}")
+    if args.also_replicates:
+        print(f"warm with {args.also_replicates} replicates ({more_jobs} jobs): {more:7.1f} s, "
+              f"{more / cold:.2f} of the cold run (goal <= 1.00)")
     print(f"start cost  cold {cold_start:7.2f} s   warm {warm_start:7.2f} s   per job (median of {args.repeats})")
     print("mean job seconds by rule (benchmarks/*.tsv)   cold    warm")
     for rule in sorted(cold_jobs):
