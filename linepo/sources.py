@@ -5,10 +5,12 @@ that starts with ".", "/" or "~" (or a Windows drive), holds more than one "/", 
 legal hub id is a *local path*; "name" or "owner/name" in hub characters is a *hub id*
 unless a local path of that name exists. So a mistyped path fails as "not found" instead of
 becoming a hub lookup. With ``HF_HUB_OFFLINE=1`` a hub id must already be in the local cache.
+A JSON argument (``--spec``, ``--pairs``) is inline JSON when it starts with "{" or "[", else a file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -20,6 +22,29 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _PATH_START = re.compile(r"^(\.|/|~|[A-Za-z]:[\\/])")
+
+
+def json_object_argument(text: str, option: str) -> tuple[dict, str]:
+    """``(object, source)`` of a JSON-object argument: inline JSON, or the path of a JSON file.
+
+    ``source`` names it in later errors ("--spec" or "--spec FILE"). Raises InputError naming
+    ``option`` for an unreadable file, text that is not JSON, or JSON that is not an object.
+    """
+    source = option
+    if not text.lstrip().startswith(("{", "[")):
+        try:
+            text, source = Path(text).read_text(encoding="utf-8"), f"{option} {text}"
+        except OSError as err:
+            raise InputError(f"{option} {text}: neither inline JSON nor a readable file ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{option} {text}: not UTF-8 text; save it as UTF-8") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{source}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: must be a JSON object")
+    return value, source
 
 
 def looks_local(text: str) -> bool:

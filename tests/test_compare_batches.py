@@ -275,7 +275,8 @@ def test_the_command_and_win_rates_read_batches_as_comparison_files(generations,
 
 
 def test_bad_pairs_and_missing_comparisons_are_one_line(tmp_path):
-    for text, message in (("[]", "must be a non-empty JSON object"), ('{"c": {"a": "x"}}', "comparison 'c' must be"),
+    for text, message in (("[]", "--pairs: must be a JSON object"), ("{}", "must be a non-empty JSON object"),
+                          ('{"c": {"a": "x"}}', "comparison 'c' must be"),
                           ('{"../c": {"a": "x", "b": "y"}}', "is not a file name"), ("nope.json", "neither inline")):
         with pytest.raises(InputError, match=message):
             eb.parse_pairs(text)

@@ -95,21 +95,9 @@ def register(subparsers) -> None:
 
 def _spec(text: str) -> dict:
     """``--spec``: inline JSON (what the workflow passes) or the path of a JSON file."""
-    source = "--spec"
-    if not text.lstrip().startswith("{"):
-        try:
-            text, source = Path(text).read_text(), f"--spec {text}"
-        except OSError as err:
-            raise InputError(f"--spec {text}: neither inline JSON nor a readable file ({err.strerror})") from None
-        except UnicodeDecodeError:
-            raise InputError(f"--spec {text}: not UTF-8 text; save it as UTF-8") from None
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: not valid JSON ({err})") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"{source}: must be a JSON object")
-    return spec
+    from linepo.sources import json_object_argument
+
+    return json_object_argument(text, "--spec")[0]
 
 
 def run_compare(args) -> int:

@@ -22,7 +22,6 @@ the truth: deleting it costs time only. Its folder holds a ``CACHEDIR.TAG``, so 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -80,17 +79,10 @@ def cached_pair(path, a, b, judge_config: dict):
 
 def parse_pairs(text: str, option: str = "--pairs") -> dict[str, dict]:
     """``--pairs``: inline JSON or a JSON file, ``{comparison id: {"a": path, "b": path}}``."""
-    source = option
-    if not text.lstrip().startswith(("{", "[")):
-        try:
-            text, source = Path(text).read_text(), f"{option} {text}"
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"{option} {text}: neither inline JSON nor a readable JSON file ({err})") from None
-    try:
-        pairs = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: not valid JSON ({err})") from None
-    if not isinstance(pairs, dict) or not pairs:
+    from linepo.sources import json_object_argument
+
+    pairs, source = json_object_argument(text, option)
+    if not pairs:
         raise InputError(f'{source}: must be a non-empty JSON object {{comparison id: {{"a": path, "b": path}}}}')
     for cid, pair in pairs.items():
         if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) for k in ("a", "b")):
