@@ -26,8 +26,16 @@ from linepo.workflow.preflight import fixed_outputs
 from linepo.workflow.wiring import Wiring, node_seed
 from workflow_utils import REPO
 
-BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+BASE = {key: value for key, value in DEFAULT.items() if key != "replicates"}  # each test sets its own
 IMPORTED = {"sft": "Qwen/Qwen2-1.5B", "tokenizer": "Qwen/Qwen2-1.5B"}  # a hub id: nothing is loaded
+
+
+def test_the_default_runs_at_least_two_independent_replicates():
+    """The replicates issue: the default reports mean ± SE, so it needs n ≥ 2 that vary every seed."""
+    section = validate_config(copy.deepcopy(DEFAULT))["replicates"]
+    assert section["count"] >= 2
+    assert set(section["vary"]) == {"sft", "sampling", "judging"}
 
 
 def config_with(replicates=None, edit=None) -> dict:
