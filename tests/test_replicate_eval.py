@@ -329,3 +329,19 @@ def test_replicates_with_other_checkpoints_are_refused_in_one_line(tmp_path, cap
                                                                       str(tmp_path / f"out-{flag}"))]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "replicate 1: its checkpoints" in err
+
+
+def test_a_pooled_spec_is_inline_json_or_a_file_and_bad_ones_are_one_line(tmp_path, capsys):
+    """--spec is read as every JSON-object argument is (linepo.sources.json_object_argument)."""
+    files = write_replicate(tmp_path / "r0", 0)
+    spec = tmp_path / "spec.json"
+    spec.write_text(pooled_spec({0: files}, "summary"))
+    assert main(["eval-summary-pooled", "--spec", str(spec), "--out", str(tmp_path / "out.tsv")]) == 0
+    assert (tmp_path / "out.tsv").read_bytes() == open(files["out"], "rb").read()
+    for text, message in (('{"replicates": {}} {}', "--spec: not valid JSON (Extra data"), ("[]", "must be a JSON object"),
+                          ('{"runs": {}}', 'give {"replicates"'), ('{"replicates": {"0": {}}}', "replicate 0: no out"),
+                          (str(tmp_path / "nope.json"), "neither inline JSON nor a readable file")):
+        capsys.readouterr()
+        assert main(["eval-summary-pooled", "--spec", text, "--out", str(tmp_path / "bad.tsv")]) == 2, text
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, (text, err)

@@ -141,19 +141,19 @@ def register_evaluation(subparsers) -> None:
 
 def _replicate_files(args) -> dict[int, dict]:
     """The spec's replicates (sorted by number), each with every file ``args.outputs`` names."""
-    from linepo.commands.winrates import _spec
+    from linepo.sources import json_object_argument
 
-    spec = _spec(args.spec)
+    spec, source = json_object_argument(args.spec, "--spec")
     replicates = spec.get("replicates")
     if not isinstance(replicates, dict) or not replicates:
-        raise InputError('--spec: give {"replicates": {"0": {...}, ...}}')
+        raise InputError(f'{source}: give {{"replicates": {{"0": {{...}}, ...}}}}')
     out = {}
     for key, files in replicates.items():
         if not str(key).isdigit() or not isinstance(files, dict):
-            raise InputError(f"--spec: replicate {key!r}: expected a replicate number and its files")
+            raise InputError(f"{source}: replicate {key!r}: expected a replicate number and its files")
         missing = [name for name in args.outputs if name not in files]
         if missing:
-            raise InputError(f"--spec: replicate {key}: no {', '.join(missing)}")
+            raise InputError(f"{source}: replicate {key}: no {', '.join(missing)}")
         out[int(key)] = files
     return dict(sorted(out.items()))
 
