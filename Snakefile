@@ -48,5 +48,5 @@ onsuccess:
         print(fidelity.read_text())
     matrix = Path("results/summary/win_rates.csv")
     if matrix.exists():
-        print("Win rate of row vs column (%; results/summary/win_rates_se.csv has the standard errors):")
+        print(WIN_RATES_NOTE)
         print(matrix.read_text())

@@ -293,16 +293,20 @@ OTHER_ARTEFACTS = [
      "AlpacaEval model outputs: `instruction`, `output` (sample 0), `generator` (the checkpoint's label), `dataset`"),
     ("results/summary/win_rates.csv", "CSV",
      "row-vs-column win rate (%) in Table 2 order, plus Avg (row mean, diagonal included); a cell whose "
-     "failed comparisons exceed the judge's max_failed_fraction is empty (missing, never 50%), and so is its Avg"),
-    ("results/summary/win_rates_se.csv", "CSV", "bootstrap standard errors (%) of win_rates.csv, over prompts"),
+     "failed comparisons exceed the judge's max_failed_fraction is empty (missing, never 50%), and so is its Avg; "
+     "with replicates the mean over replicates of their matrices, cell by cell (missing where any replicate's is)"),
+    ("results/summary/win_rates_se.csv", "CSV", "standard errors (%) of win_rates.csv: bootstrap over prompts; with "
+     "replicates, over replicates (sample std / √n)"),
     ("results/summary/win_rates_hard.csv", "CSV",
      "hard row-vs-column win rate (%): each comparison scored 1, 0 or ½ as P(row ≻ column) is above, below or "
      "exactly ½, averaged per prompt then over prompts; plus Avg"),
-    ("results/summary/win_rates_hard_se.csv", "CSV", "bootstrap standard errors (%) of win_rates_hard.csv, over prompts"),
+    ("results/summary/win_rates_hard_se.csv", "CSV", "standard errors (%) of win_rates_hard.csv, as win_rates_se.csv"),
     ("results/summary/win_rates_pairs.tsv", "TSV",
      "one line per ordered pair: win rate and SE, hard win rate and SE, prompts, judged and failed comparisons, "
-     "missing (above the failure limit), comparison id, the judge's failure summary"),
-    ("results/summary/win_rates_counts.csv", "CSV", "judged/failed comparisons per cell (e.g. 800/3), diagonal '-'"),
+     "missing (above the failure limit), comparison id, the judge's failure summary; with replicates: means, SEs over "
+     "replicates, `replicates`, counts summed, each replicate's rate and comparison"),
+    ("results/summary/win_rates_counts.csv", "CSV", "judged/failed comparisons per cell (e.g. 800/3), diagonal '-'; "
+     "summed over replicates"),
     ("results/summary/win_rates.png", "PNG", "heatmap of the matrix with SEs, failure counts, missing cells grey, "
      "and the Avg column"),
     ("results/policies/r<r>/s<s>/<id>/model/linepo_provenance.json", "JSON",
@@ -310,8 +314,14 @@ OTHER_ARTEFACTS = [
      "from; checked whenever the folder is loaded, and by `linepo verify` (also in results/sft/<id>/model)"),
     ("results/policies/r<r>/s<s>/<id>/model/linepo_selection.json", "JSON",
      "with validation: the validation loss at each evaluated step, the step kept and the last step"),
-    ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens"),
-    ("results/summary/curves.png", "PNG", "Figure 3: those curves, red lines at round ends"),
+    ("results/summary/curves.tsv", "TSV", "Figure 3: per run and iteration, win rate vs SFT (± SE) and mean generated tokens; "
+     "with replicates the means over replicates, `se` and `avg_tokens_se` over replicates, `replicates`"),
+    ("results/summary/curves.png", "PNG", "Figure 3: those curves, red lines at round ends; with replicates "
+     "± SE bands"),
+    ("results/summary/replicates/<name>-<r>.csv, .tsv, .png", "CSV, TSV, PNG",
+     "replicate r's win_rates, win_rates_se, win_rates_hard, win_rates_hard_se, win_rates_counts, "
+     "win_rates_pairs, curves and evaluation files: those of results/summary/ for its own checkpoints alone, "
+     "bootstrap SEs over prompts; results/summary/ pools them (one replicate: byte for byte)"),
     ("results/runs/<run>/replicate-<r>/prox_fidelity.tsv", "TSV",
      "synthetic oracle: per step of the run, KL(trained ‖ exact Prox target) (mean and max over eval prompts) and "
      "TV, the exploitability measured, of the target and of the exact analogue trajectory, KL(trained ‖ analogue) "
@@ -339,7 +349,8 @@ OTHER_ARTEFACTS = [
     ("results/summary/evaluation.tsv", "TSV",
      "per checkpoint: Avg and worst win rate (robust alignment; nan when a cell of its row is missing), "
      "missing_cells, the same for the hard win rate, comparisons judged and failed in its row, mean tokens, "
-     "exploitability and category mix (synthetic oracle)"),
+     "exploitability and category mix (synthetic oracle); with replicates each number's mean, `<number>_se` over "
+     "replicates, `replicates`, counts summed, the category mix as mean ± SE, no policy column"),
 ]
 
 

@@ -10,6 +10,7 @@ from linepo.workflow.inputs import check_config_files, workflow_config_files
 from linepo.workflow.plan import Plan
 from linepo.workflow.preflight import check_environment, outputs_to_run, record_outputs, warn_on_config_switch
 from linepo.warm.server import start as start_warm_jobs, stop as stop_warm_jobs
+from linepo.workflow.evalplan import summary_path
 from linepo.workflow.wiring import ID, NAME, Wiring, checked, cli_flags, node_seed
 
 try:
@@ -69,6 +70,10 @@ COMPARE_RESOURCES = RESOURCES["judge"] if EVAL.judge["type"] != "synthetic" else
 POOLED_NOTE = (f"means over {PLAN.replicate_count} replicates, *_se their standard errors "
                "(results/summary/replicates/: each replicate's)" if PLAN.replicate_count > 1
                else "one replicate (replicates.count: 1), so the *_se columns are nan")
+WIN_RATES_NOTE = ("Win rate of row vs column (%; results/summary/win_rates_se.csv has the standard errors):"
+                  if PLAN.replicate_count == 1 else f"Win rate of row vs column (%), the mean over {PLAN.replicate_count} "
+                  "replicates (results/summary/win_rates_se.csv: standard errors over replicates; "
+                  "results/summary/replicates/: each replicate's matrix):")
 
 # `rule all` (Snakefile): every run's schedule and exploitability, and the evaluation.
 LLM_TARGETS = WIRING.llm_targets()

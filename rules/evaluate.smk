@@ -119,13 +119,15 @@ rule prox_fidelity_pooled:
 
 
 # ---------------------------------------------------------------- win rates (Table 2, Figure 3)
-# Checkpoints (SFT, every run's final policy, evaluation.checkpoints) answer the eval prompts;
+# Each replicate's checkpoints (its SFT, every run's final policy, evaluation.checkpoints) answer
+# the eval prompts (AlpacaEval exports: replicate 0's);
 # every pair is judged in both orders by the eval judge. Ids from linepo.workflow.evalplan: a
 # generation is keyed by policy × eval prompts × decoding (and seeded by its id, so no two
 # checkpoints share sampling noise), a comparison by its two generations × eval judge, so a
 # new checkpoint adds only its row and column to what is judged and a new eval judge
 # re-judges without regenerating. The comparisons are dealt into evaluation.compare_jobs
-# batch jobs (by a hash of their ids), each loading the judge once; every pair is cached as
+# batch jobs per replicate (by a hash of their ids; a comparison two replicates share is in the
+# first one's batches), each loading the judge once; every pair is cached as
 # it is judged (results/eval/comparisons/cache/, not an output: Snakemake would delete it),
 # so a batch rerun for a new checkpoint judges only the new pairs. Outputs in
 # results/summary/, figures in the report:
@@ -193,24 +195,27 @@ rule alpaca_eval_export:
         "--generator {params.generator:q} --out {output} > {log} 2>&1"
 
 
+# One matrix, curves table and summary table per replicate (results/summary/replicates/,
+# comparing the checkpoints within it), pooled cell by cell into results/summary/ (the mean
+# over replicates ± its standard error; with one replicate, replicate 0's files as they are).
 rule win_rate_matrix:
     input:
-        EVAL.batch_paths(EVAL.matrix_comparisons()),
+        lambda wc: EVAL.batch_paths(EVAL.matrix_comparisons(wc.replicate)),
     output:
-        csv="results/summary/win_rates.csv",
-        se="results/summary/win_rates_se.csv",
-        hard="results/summary/win_rates_hard.csv",
-        hard_se="results/summary/win_rates_hard_se.csv",
-        counts="results/summary/win_rates_counts.csv",
-        pairs="results/summary/win_rates_pairs.tsv",
-        figure=report("results/summary/win_rates.png", caption="../report/win_rates.rst", category="Evaluation"),
+        csv=summary_path("win_rates.csv", "{replicate}"),
+        se=summary_path("win_rates_se.csv", "{replicate}"),
+        hard=summary_path("win_rates_hard.csv", "{replicate}"),
+        hard_se=summary_path("win_rates_hard_se.csv", "{replicate}"),
+        counts=summary_path("win_rates_counts.csv", "{replicate}"),
+        pairs=summary_path("win_rates_pairs.tsv", "{replicate}"),
+        figure=summary_path("win_rates.png", "{replicate}"),
     params:
-        spec=EVAL.matrix_spec(),
+        spec=lambda wc: EVAL.matrix_spec(wc.replicate),
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
         max_failed=WIRING.eval_failure_limit,
     log:
-        "logs/eval/win_rates.log",
+        "logs/eval/win_rates-{replicate}.log",
     localrule: True
     shell:
         "linepo win-rates --spec {params.spec:q} --bootstrap {params.bootstrap} --seed {params.seed} "
@@ -219,20 +224,42 @@ rule win_rate_matrix:
         "--counts-csv {output.counts} --pairs {output.pairs} --figure {output.figure} > {log} 2>&1"
 
 
+rule win_rates_pooled:
+    input:
+        EVAL.replicate_files("win_rates"),
+    output:
+        csv=summary_path("win_rates.csv"),
+        se=summary_path("win_rates_se.csv"),
+        hard=summary_path("win_rates_hard.csv"),
+        hard_se=summary_path("win_rates_hard_se.csv"),
+        counts=summary_path("win_rates_counts.csv"),
+        pairs=summary_path("win_rates_pairs.tsv"),
+        figure=report(summary_path("win_rates.png"), caption="../report/win_rates.rst", category="Evaluation"),
+    params:
+        spec=EVAL.pooled_spec("win_rates"),
+    log:
+        "logs/eval/win_rates.log",
+    localrule: True
+    shell:
+        "linepo win-rates-pooled --spec {params.spec:q} --csv {output.csv} --se {output.se} --hard {output.hard} "
+        "--hard-se {output.hard_se} --counts {output.counts} --pairs {output.pairs} --figure {output.figure} "
+        "> {log} 2>&1"
+
+
 rule eval_curves:
     input:
-        comparisons=EVAL.batch_paths(EVAL.curve_comparisons()),
-        generations=EVAL.curve_generation_paths(),
+        comparisons=lambda wc: EVAL.batch_paths(EVAL.curve_comparisons(wc.replicate)),
+        generations=lambda wc: EVAL.curve_generation_paths(wc.replicate),
     output:
-        tsv="results/summary/curves.tsv",
-        figure=report("results/summary/curves.png", caption="../report/curves.rst", category="Evaluation"),
+        tsv=summary_path("curves.tsv", "{replicate}"),
+        figure=summary_path("curves.png", "{replicate}"),
     params:
-        spec=EVAL.curves_spec(),
+        spec=lambda wc: EVAL.curves_spec(wc.replicate),
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
         max_failed=WIRING.eval_failure_limit,
     log:
-        "logs/eval/curves.log",
+        "logs/eval/curves-{replicate}.log",
     localrule: True
     shell:
         "linepo eval-curves --spec {params.spec:q} --bootstrap {params.bootstrap} --seed {params.seed} "
@@ -240,20 +267,50 @@ rule eval_curves:
         "--tsv {output.tsv} --figure {output.figure} > {log} 2>&1"
 
 
+rule eval_curves_pooled:
+    input:
+        EVAL.replicate_files("curves"),
+    output:
+        tsv=summary_path("curves.tsv"),
+        figure=report(summary_path("curves.png"), caption="../report/curves.rst", category="Evaluation"),
+    params:
+        spec=EVAL.pooled_spec("curves"),
+    log:
+        "logs/eval/curves.log",
+    localrule: True
+    shell:
+        "linepo eval-curves-pooled --spec {params.spec:q} --tsv {output.tsv} --figure {output.figure} > {log} 2>&1"
+
+
 rule eval_summary:
     input:
-        matrix="results/summary/win_rates.csv",
-        hard="results/summary/win_rates_hard.csv",
-        counts="results/summary/win_rates_counts.csv",
-        generations=EVAL.summary_generation_paths(),
-        exploitability=sorted(set(EVAL.exploitability_reports(PLAN, WIRING.synthetic_judge).values())),
+        matrix=summary_path("win_rates.csv", "{replicate}"),
+        hard=summary_path("win_rates_hard.csv", "{replicate}"),
+        counts=summary_path("win_rates_counts.csv", "{replicate}"),
+        generations=lambda wc: EVAL.summary_generation_paths(wc.replicate),
+        exploitability=lambda wc: sorted(set(EVAL.exploitability_reports(PLAN, WIRING.synthetic_judge,
+                                                                         wc.replicate).values())),
     output:
-        report("results/summary/evaluation.tsv", caption="../report/summary.rst", category="Evaluation"),
+        summary_path("evaluation.tsv", "{replicate}"),
     params:
-        spec=EVAL.summary_spec(PLAN, WIRING.synthetic_judge),
+        spec=lambda wc: EVAL.summary_spec(PLAN, WIRING.synthetic_judge, wc.replicate),
     log:
-        "logs/eval/summary.log",
+        "logs/eval/summary-{replicate}.log",
     localrule: True
     shell:
         "linepo eval-summary --spec {params.spec:q} --matrix {input.matrix} --hard-matrix {input.hard} "
         "--counts {input.counts} --out {output} 2> {log}"
+
+
+rule eval_summary_pooled:
+    input:
+        EVAL.replicate_files("summary"),
+    output:
+        report(summary_path("evaluation.tsv"), caption="../report/summary.rst", category="Evaluation"),
+    params:
+        spec=EVAL.pooled_spec("summary"),
+    log:
+        "logs/eval/summary.log",
+    localrule: True
+    shell:
+        "linepo eval-summary-pooled --spec {params.spec:q} --out {output} 2> {log}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -20,8 +21,9 @@ import pytest
 import yaml
 
 from linepo.workflow.config import validate_config
-from linepo.workflow.evalplan import build_eval_plan
+from linepo.workflow.evalplan import SUMMARY_FILES, build_eval_plan, summary_path
 from linepo.workflow.plan import build_plan
+from linepo.workflow.wiring import Wiring
 from workflow_utils import copy_workflow, dry_run, edit_config, planned_jobs, snakemake, tiny_config, workflow_with_config
 
 pytestmark = pytest.mark.slow
@@ -132,6 +134,9 @@ def test_the_matrix_is_consistent(workdir):
 
 SUMMARY = ("win_rates.csv", "win_rates_se.csv", "win_rates_hard.csv", "win_rates_hard_se.csv", "win_rates_counts.csv",
            "win_rates_pairs.tsv", "curves.tsv", "evaluation.tsv")
+#: The rules that pool over replicates: what a change of the replicates (or runs) rewrites.
+POOLING = {"win_rates_pooled", "eval_curves_pooled", "eval_summary_pooled", "exploitability_pooled",
+           "prox_fidelity_pooled"}
 
 
 def test_regenerating_the_evaluation_gives_byte_identical_files(workdir):
@@ -210,10 +215,101 @@ def test_adding_a_run_judges_only_its_row_and_column(workdir):
         edit_config(workdir, lambda c: c["runs"].pop("ipo"))
     jobs = dry_run(workdir)  # back to the old batches, still there: only the tables are rewritten
     assert {rule for rule, _ in jobs} <= {"win_rate_matrix", "eval_curves", "eval_summary", "exploitability_table",
-                                         "prox_fidelity_table", "exploitability_pooled", "prox_fidelity_pooled", "all"}
+                                         "prox_fidelity_table", "all", *POOLING}
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_tsv(workdir / "results/summary/win_rates_pairs.tsv") == old_pairs
+    assert dry_run(workdir) == []
+
+
+def summary_files(workdir: Path, replicate=None) -> dict[str, bytes]:
+    """Every evaluation table and figure in results/summary/ (pooled) or of one replicate, by name."""
+    return {name: (workdir / summary_path(name, replicate)).read_bytes()
+            for group in SUMMARY_FILES.values() for name in group.values()}
+
+
+def test_one_replicate_pools_to_replicate_0s_files_byte_for_byte(workdir):
+    """Count 1: results/summary/ holds replicate 0's files as they are, and those are what
+    linepo win-rates, eval-curves and eval-summary write with replicate 0's specs (the specs of
+    the workflow before replicates were evaluated: tests/test_replicate_eval.py), run again here."""
+    assert summary_files(workdir) == summary_files(workdir, 0)
+    plan, again = eval_plan(workdir), workdir / "again"
+    again.mkdir(exist_ok=True)
+    limit = Wiring(validate_config(yaml.safe_load((workdir / "config.yaml").read_text()))).eval_failure_limit
+    flags = f"--bootstrap 200 --seed 0 --max-failed-fraction {limit}"  # the rules' params (TINY)
+    commands = [f"linepo win-rates --spec {shlex.quote(plan.matrix_spec(0))} {flags} --csv again/m.csv "
+                "--se-csv again/se.csv --hard-csv again/h.csv --hard-se-csv again/hse.csv --counts-csv again/c.csv "
+                "--pairs again/p.tsv --figure again/m.png",
+                f"linepo eval-curves --spec {shlex.quote(plan.curves_spec(0))} {flags} --tsv again/curves.tsv "
+                "--figure again/curves.png"]
+    for command in commands:
+        result = subprocess.run(command, shell=True, cwd=workdir, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    names = {"m.csv": "win_rates.csv", "se.csv": "win_rates_se.csv", "h.csv": "win_rates_hard.csv",
+             "hse.csv": "win_rates_hard_se.csv", "c.csv": "win_rates_counts.csv", "p.tsv": "win_rates_pairs.tsv",
+             "m.png": "win_rates.png", "curves.tsv": "curves.tsv", "curves.png": "curves.png"}
+    assert {name: (again / mine).read_bytes() for mine, name in names.items()} == {
+        name: (workdir / summary_path(name)).read_bytes() for name in names.values()}
+    shutil.rmtree(again)
+
+
+def test_a_second_replicate_evaluates_only_its_own_checkpoints_and_is_pooled(workdir):
+    """replicates: 2 (sampling varies: one SFT policy): replicate 1's generations (not the shared
+    SFT's) and its own batches, judging only its pairs; replicate 0's files untouched; the pooled
+    matrix is the mean of the per-replicate ones, its SE the one over replicates. Back to one
+    replicate: only the pooling reruns, and results/summary/ is replicate 0's again."""
+    before, zero = eval_plan(workdir), summary_files(workdir, 0)
+    old_batches = {b: (workdir / before.batch_path(b)).stat().st_mtime_ns for b in before.batches()}
+    edit_config(workdir, lambda c: c.update(replicates={"count": 2, "vary": ["sampling"]}))
+    try:
+        after = eval_plan(workdir)
+        jobs = dry_run(workdir)
+        generated = {w["generation"] for rule, w in jobs if rule == "eval_generate"}
+        judged = {w["batch"] for rule, w in jobs if rule == "eval_compare_batch"}
+        own = {c.generation for c in after.view(1).checkpoints} | {p.generation for p in after.curve_points(1)}
+        assert after.view(1).sft_generation == before.sft_generation  # shared, not generated again
+        assert generated == own - {before.sft_generation} and not generated & set(before.generations)
+        assert judged == set(after.batches()) - set(before.batches()) and set(before.batches()) <= set(after.batches())
+        tables = {(rule, w.get("replicate")) for rule, w in jobs if rule in ("win_rate_matrix", "eval_curves",
+                                                                             "eval_summary")}
+        assert tables == {("win_rate_matrix", "1"), ("eval_curves", "1"), ("eval_summary", "1")}
+
+        result = snakemake(workdir, "--cores", "2")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        logs = {batch: log for batch, log in batch_logs(workdir).items() if batch in judged}
+        new = set(after.comparisons) - set(before.comparisons)
+        assert set().union(*(log["judged_ids"] for log in logs.values())) == new  # only replicate 1's pairs
+        assert sum(log["reused"] for log in logs.values()) == 0 and [log["loads"] for log in logs.values()] == [1] * len(logs)
+        assert summary_files(workdir, 0) == zero  # replicate 0's files, and its batches, untouched
+        assert {b: (workdir / before.batch_path(b)).stat().st_mtime_ns for b in before.batches()} == old_batches
+        for kind, se_kind in (("win_rates.csv", "win_rates_se.csv"), ("win_rates_hard.csv", "win_rates_hard_se.csv")):
+            per = [read_csv(workdir / summary_path(kind, r))[2] for r in (0, 1)]
+            columns, rows, pooled = read_csv(workdir / summary_path(kind))
+            assert columns == LABELS + ["Avg"] and rows == LABELS
+            assert np.allclose(pooled, (per[0] + per[1]) / 2, atol=0.0051)  # every cell, Avg too
+            se = read_csv(workdir / summary_path(se_kind))[2]
+            assert np.allclose(se, np.abs(per[0] - per[1])[:, :-1] / 2, atol=0.0051)  # sample SD / √2 of two
+        points, per_points = read_tsv(workdir / "results/summary/curves.tsv"), [
+            read_tsv(workdir / summary_path("curves.tsv", r)) for r in (0, 1)]
+        assert [int(p["iteration"]) for p in points] == [0, 1, 2, 3, 4] and {p["replicates"] for p in points} == {"2"}
+        for k, point in enumerate(points):
+            values = [float(p[k]["win_rate_vs_sft"]) for p in per_points]
+            assert float(point["win_rate_vs_sft"]) == pytest.approx(np.mean(values), abs=5.1e-5)
+            assert float(point["se"]) == pytest.approx(abs(values[0] - values[1]) / 2, abs=5.1e-5)
+        table, per_table = read_tsv(workdir / "results/summary/evaluation.tsv"), [
+            read_tsv(workdir / summary_path("evaluation.tsv", r)) for r in (0, 1)]
+        assert [row["label"] for row in table] == LABELS
+        for k, row in enumerate(table):
+            mean = np.mean([float(p[k]["avg_win_rate"]) for p in per_table])
+            assert row["replicates"] == "2" and float(row["avg_win_rate"]) == pytest.approx(mean, abs=5.1e-5)
+        assert "the mean over 2 replicates" in result.stdout + result.stderr
+        assert dry_run(workdir) == []
+    finally:
+        edit_config(workdir, lambda c: c.pop("replicates"))
+    assert {rule for rule, _ in dry_run(workdir)} == POOLING | {"all"}
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert summary_files(workdir) == summary_files(workdir, 0) == zero
     assert dry_run(workdir) == []
 
 
@@ -223,7 +319,8 @@ def test_changing_only_the_eval_judge_regenerates_and_retrains_nothing(workdir):
     try:
         jobs = dry_run(workdir)
         rules = [rule for rule, _ in jobs]
-        assert set(rules) == {"eval_compare_batch", "win_rate_matrix", "eval_curves", "eval_summary", "all"}
+        assert set(rules) == {"eval_compare_batch", "win_rate_matrix", "eval_curves", "eval_summary", "all",
+                              "win_rates_pooled", "eval_curves_pooled", "eval_summary_pooled"}
         assert rules.count("eval_compare_batch") == len(eval_plan(workdir).batches()) == 3
     finally:
         edit_config(workdir, lambda c: c["evaluation"].pop("judge"))

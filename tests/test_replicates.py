@@ -21,6 +21,7 @@ from linepo.cli import main
 from linepo.errors import InputError
 from linepo.workflow.config import validate_config
 from linepo.workflow.evalplan import build_eval_plan
+from linepo.workflow.evalplan import describe as describe_evaluation
 from linepo.workflow.plan import build_plan, describe
 from linepo.workflow.preflight import fixed_outputs
 from linepo.workflow.wiring import Wiring, node_seed
@@ -198,10 +199,13 @@ def test_paths_targets_and_fixed_outputs_name_every_replicate():
     assert f"--report sft={wiring.plan.exploitability_path(wiring.plan.sfts[1])}" in flags
 
 
-def test_evaluation_reads_replicate_0_and_describe_shows_the_replicates():
+def test_evaluation_covers_every_replicate_and_describe_shows_the_replicates():
     alone, two = config_with(), config_with(2)
     plan = build_plan(two)
-    assert build_eval_plan(two, plan).checkpoints == build_eval_plan(alone, build_plan(alone)).checkpoints
+    eplan = build_eval_plan(two, plan)
+    assert eplan.checkpoints == build_eval_plan(alone, build_plan(alone)).checkpoints  # replicate 0's: as before
+    assert list(eplan.replicates) == [0, 1] and eplan.view(1).checkpoints[0].policy == plan.sfts[1]
+    assert "per replicate, 2 replicates" in describe_evaluation(eplan)  # more in tests/test_replicate_eval.py
     text = describe(plan)
     assert "replicates: 2, varying sft, sampling, judging" in text and "run inpo (replicate 1): 12 steps" in text
     assert "replicates: 1" in describe(build_plan(alone)) and "(replicate 0)" not in describe(build_plan(alone))

@@ -2,7 +2,8 @@
 
 Directly: the same stdout, stderr and exit codes (success, bad input, bad arguments), a
 command whose environment differs runs cold, and a signal to the client (SIGTERM) or its
-death (SIGKILL) ends the forked child. Through Snakemake: a tiny workflow run warm, with
+death (SIGKILL) ends the forked child; messages waiting together on the socket are read one
+at a time. Through Snakemake: a tiny workflow run warm, with
 one training job's process SIGKILLed after a checkpoint and the run resumed, ends byte-identical to a cold
 run, its logs equal up to timings.
 """
@@ -13,6 +14,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import pytest
 from workflow_utils import REPO, tiny_config, workflow_with_config
 
 from linepo.warm import server
+from linepo.warm.client import receive_message, send_message
 
 CLIENT = [sys.executable, "-c", "import sys; from linepo.cli import main; sys.exit(main())"]
 COMMANDS = [
@@ -74,6 +77,23 @@ def test_a_warm_command_prints_and_exits_as_a_cold_one_and_other_environments_ru
     assert other.returncode == 0 and other.stdout == run(COMMANDS[0]).stdout
     assert "environment differs: SOME_SETTING" in warm.read_text()
     assert len(served(warm)) == 4
+
+
+def test_messages_waiting_together_are_read_one_at_a_time():
+    """A quick command's {"pid"} and {"exit"} can both be waiting when the client reads:
+    each read takes one message (not "Extra data"), the descriptors come with theirs."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        send_message(ours, {"pid": 12345}, fds=(0,))
+        send_message(ours, {"exit": 0})
+        send_message(ours, {"big": "x" * 200_000})
+        message, fds = receive_message(theirs, maxfds=3)
+        assert message == {"pid": 12345} and len(fds) == 1
+        os.close(fds[0])
+        assert receive_message(theirs) == ({"exit": 0}, [])
+        assert receive_message(theirs) == ({"big": "x" * 200_000}, [])
+        ours.close()
+        assert receive_message(theirs) == (None, [])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])

@@ -67,7 +67,9 @@ def heatmap(labels, m, se, out, *, title: str = "", judged=None, failed=None) ->
 
 
 def curves(rows: list[dict], out, *, title: str = "") -> Path:
-    """Figure 3: per run, win rate vs SFT (± SE) and mean output length over iterations."""
+    """Figure 3: per run, win rate vs SFT (± SE) and mean output length over iterations: error bars
+    (bootstrap SE over prompts) for one replicate's rows, bands of ± one SE over replicates for
+    pooled ones (:func:`linepo.evaluation.pooled.pool_curves`: rows with ``replicates``)."""
     plt = _pyplot()
     fig, (ax_win, ax_len) = plt.subplots(1, 2, figsize=(10, 3.6))
     runs = list(dict.fromkeys(r["run"] for r in rows))
@@ -76,9 +78,16 @@ def curves(rows: list[dict], out, *, title: str = "") -> Path:
         points = [r for r in rows if r["run"] == run]
         x = [p["iteration"] for p in points]
         label = points[0]["label"]
-        ax_win.errorbar(x, [100 * p["win_rate_vs_sft"] for p in points], yerr=[100 * p["se"] for p in points],
-                        marker="o", markersize=3, capsize=2, label=label)
-        ax_len.plot(x, [p["avg_tokens"] for p in points], marker="o", markersize=3, label=label)
+        if "replicates" in points[0]:  # pooled: a line and its ± SE band on each axis
+            for axis, values, se in ((ax_win, [100 * p["win_rate_vs_sft"] for p in points], [100 * p["se"] for p in points]),
+                                     (ax_len, [p["avg_tokens"] for p in points], [p["avg_tokens_se"] for p in points])):
+                (line,) = axis.plot(x, values, marker="o", markersize=3, label=label)
+                axis.fill_between(x, [v - e for v, e in zip(values, se)], [v + e for v, e in zip(values, se)],
+                                  color=line.get_color(), alpha=0.2, linewidth=0)
+        else:
+            ax_win.errorbar(x, [100 * p["win_rate_vs_sft"] for p in points], yerr=[100 * p["se"] for p in points],
+                            marker="o", markersize=3, capsize=2, label=label)
+            ax_len.plot(x, [p["avg_tokens"] for p in points], marker="o", markersize=3, label=label)
         length = points[0]["round_length"]
         if length:
             ends.update(range(length, max(x) + 1, length))

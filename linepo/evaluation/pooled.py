@@ -11,14 +11,22 @@ not the uncertainty within one (the per-replicate ``stderr``: over prompts, Mont
 Pooled numbers are means of the per-replicate tables' printed values, so a pooled table is
 exactly what a reader computes from the per-replicate files.
 
+The evaluation's tables (win-rate matrices, their pairs and counts, Figure 3's curves, the
+summary table; :mod:`linepo.workflow.evalplan`) are pooled the same way, cell by cell, the
+standard error over replicates taking the place of the within-replicate bootstrap one (which
+stays in the per-replicate files); a cell missing in any replicate is missing. With one
+replicate the pooled evaluation files are replicate 0's, byte for byte.
+
     linepo exploitability-pooled --table 0=results/summary/replicates/exploitability-0.tsv \\
         --table 1=results/summary/replicates/exploitability-1.tsv --out results/summary/exploitability.tsv
     linepo prox-fidelity-pooled --steps 0=S0.tsv --runs 0=R0.tsv --tsv pooled.tsv --runs-tsv runs.tsv
+    linepo win-rates-pooled --spec '{"replicates": {"0": {"csv": ..., ...}, "1": {...}}}' --csv M.csv ...
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -176,3 +184,155 @@ def pool_prox_fidelity(steps: dict[int, list[dict]], runs: dict[int, list[dict]]
     for row in pooled_runs:
         row["kl_per_step"] = ",".join(f"{r['kl_to_target']:.2g}" for r in pooled_steps if r["run"] == row["run"])
     return pooled_steps, pooled_runs
+
+
+# ----------------------------------------------------------------------------- win rates, curves, summary
+# The evaluation's per-replicate files (results/summary/replicates/win_rates-<r>.csv, ...) pooled
+# cell by cell: the mean of the printed values, and the standard error over replicates in
+# place of the within-replicate bootstrap one. A cell missing in any replicate (too many failed
+# comparisons: empty, or nan) is missing in the pool. With one replicate the pooled files are
+# replicate 0's, byte for byte (the commands copy them: linepo.commands.pooled).
+
+
+def read_matrix(path) -> tuple[list[str], list[str], np.ndarray]:
+    """A win-rate CSV (:func:`linepo.evaluation.winrates.matrix_csv`) as its header (every cell,
+    the corner included), row labels and values (percent, nan where empty; Avg included).
+
+    Raises:
+        InputError: the file is missing or has no rows.
+    """
+    try:
+        rows = list(csv.reader(Path(path).read_text().splitlines()))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    if len(rows) < 2:
+        raise InputError(f"{path}: no rows, not a win-rate matrix")
+    values = np.array([[float(v) if v != "" else np.nan for v in row[1:]] for row in rows[1:]], dtype=float)
+    return rows[0], [row[0] for row in rows[1:]], values
+
+
+def pool_matrices(matrices: dict[int, tuple]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """``{replicate: read_matrix(...)}`` → (header, labels, mean, se) cell by cell (Avg too):
+    the mean over replicates and its standard error (sample std / √n; nan for one); nan where
+    any replicate's cell is.
+
+    Raises:
+        InputError: a replicate's checkpoints (header or rows) are not the first's.
+    """
+    (first, (header, labels, _)), *_ = matrices.items()
+    for replicate, (other_header, other_labels, values) in matrices.items():
+        if other_header != header or other_labels != labels:
+            raise InputError(f"replicate {replicate}: its checkpoints {other_labels} are not replicate {first}'s "
+                             f"{labels}")
+    stack = np.stack([values for _, _, values in matrices.values()])
+    mean = stack.mean(axis=0)
+    se = stack.std(axis=0, ddof=1) / math.sqrt(len(stack)) if len(stack) > 1 else np.full(mean.shape, np.nan)
+    return header, labels, mean, se
+
+
+def format_matrix(header, labels, values) -> str:
+    """A matrix as :func:`linepo.evaluation.winrates.matrix_csv` writes one (percent, 2 decimals,
+    a missing cell empty); ``header``'s length says how many columns (Avg or not)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for label, row in zip(labels, values):
+        writer.writerow([label] + ["" if math.isnan(v) else f"{v:.2f}" for v in row[:len(header) - 1]])
+    return out.getvalue()
+
+
+def pool_counts(counts: dict[int, tuple]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``{replicate: read_counts_csv(...)}`` → (labels, judged, failed) summed over replicates
+    (a comparison that two replicates share counts once for each)."""
+    labels = next(iter(counts.values()))[0]
+    for replicate, (other, _, _) in counts.items():
+        if other != labels:
+            raise InputError(f"replicate {replicate}: its counts' checkpoints {other} are not {labels}")
+    return labels, sum(judged for _, judged, _ in counts.values()), sum(failed for _, _, failed in counts.values())
+
+
+def _joined(rows: dict[int, dict], column: str) -> str:
+    """A text column: its value when every replicate agrees, else ``r:value`` for each."""
+    values = [row[column] for row in rows.values()]
+    return values[0] if len(set(values)) == 1 else ",".join(f"{r}:{row[column]}" for r, row in rows.items())
+
+
+def _number(text: str) -> float:
+    return float(text) if text not in ("", None) else float("nan")
+
+
+def pool_pairs(tables: dict[int, list[dict]]) -> list[dict]:
+    """Per ordered pair of checkpoints (``win_rates_pairs.tsv``): the mean soft and hard win rate
+    and their standard errors over replicates, judged and failed summed, missing where any
+    replicate's is, and each replicate's rate and comparison."""
+    out = []
+    for rows in matched(tables, ("row", "column")):
+        first = next(iter(rows.values()))
+        row = {"row": first["row"], "column": first["column"]}
+        row["win_rate"], row["se"] = mean_se(r["win_rate"] for r in rows.values())
+        row["hard_win_rate"], row["hard_se"] = mean_se(r["hard_win_rate"] for r in rows.values())
+        row.update(replicates=len(rows), judged=sum(int(r["judged"]) for r in rows.values()),
+                   failed=sum(int(r["failed"]) for r in rows.values()),
+                   missing=any(r["missing"] == "True" for r in rows.values()),
+                   per_replicate=",".join(f"{k}:{r['win_rate']}" for k, r in rows.items()),
+                   comparisons=",".join(f"{k}:{r['comparison']}" for k, r in rows.items()))
+        out.append(row)
+    return out
+
+
+#: Columns of the pooled curves table (results/summary/curves.tsv with replicates).
+CURVE_COLUMNS = ("run", "label", "iteration", "round", "split", "win_rate_vs_sft", "se", "judged", "failed",
+                 "avg_tokens", "avg_tokens_se", "round_length", "replicates")
+
+
+def pool_curves(tables: dict[int, list[dict]]) -> list[dict]:
+    """Per run and iteration of every replicate's curves table: the mean win rate against SFT
+    (``se``: its standard error over replicates), the mean output length and its standard error,
+    judged and failed summed."""
+    out = []
+    for rows in matched(tables, ("run", "iteration")):
+        first = next(iter(rows.values()))
+        win, win_se = mean_se(r["win_rate_vs_sft"] for r in rows.values())
+        tokens, tokens_se = mean_se(r["avg_tokens"] for r in rows.values())
+        out.append({"run": first["run"], "label": _same(rows, "label"), "iteration": int(first["iteration"]),
+                    "round": int(first["round"]), "split": _same(rows, "split"), "win_rate_vs_sft": win, "se": win_se,
+                    "judged": sum(int(r["judged"]) for r in rows.values()),
+                    "failed": sum(int(r["failed"]) for r in rows.values()), "avg_tokens": tokens,
+                    "avg_tokens_se": tokens_se, "round_length": int(first["round_length"]), "replicates": len(rows)})
+    return out
+
+
+#: Numbers of an evaluation.tsv row that are pooled (mean and ``_se``), in their order; a
+#: replicate's table has the hard ones only with a hard matrix.
+SUMMARY_NUMBERS = ("avg_win_rate", "worst_win_rate", "avg_hard_win_rate", "worst_hard_win_rate", "avg_tokens",
+                   "exploitability")
+
+
+def pool_summary(tables: dict[int, list[dict]]) -> list[dict]:
+    """Per checkpoint of every replicate's evaluation.tsv: each number's mean over replicates and
+    standard error (the worst win rate: the mean of each replicate's worst, which may be against
+    another checkpoint: ``worst_against`` lists each then), missing cells, judged and failed
+    summed, the category mix as mean ± SE; exploitability empty where no replicate has one."""
+    out = []
+    for rows in matched(tables, ("checkpoint",)):
+        first = next(iter(rows.values()))
+        row = {"checkpoint": first["checkpoint"], "label": _same(rows, "label"), "replicates": len(rows)}
+        for number in (n for n in SUMMARY_NUMBERS if n in first):
+            values = [r[number] for r in rows.values()]
+            if all(v == "" for v in values):
+                row[number], row[f"{number}_se"] = None, None
+            else:
+                row[number], row[f"{number}_se"] = mean_se(_number(v) for v in values)
+            if number == "worst_win_rate":
+                row["worst_against"] = _joined(rows, "worst_against")
+                row["missing_cells"] = sum(int(r["missing_cells"]) for r in rows.values())
+            if number == ("worst_hard_win_rate" if "worst_hard_win_rate" in first else "worst_win_rate") \
+                    and "judged" in first:
+                row["judged"] = sum(int(r["judged"]) for r in rows.values())
+                row["failed"] = sum(int(r["failed"]) for r in rows.values())
+        mixes = [parse_mix(r.get("category_distribution", "")) for r in rows.values()]
+        names = list(dict.fromkeys(name for mix in mixes for name in mix))
+        row["category_distribution"] = ", ".join(
+            "{} {:.3f} ± {:.3f}".format(name, *mean_se(mix.get(name, float("nan")) for mix in mixes)) for name in names)
+        out.append(row)
+    return out

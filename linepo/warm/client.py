@@ -45,19 +45,25 @@ def send_message(sock: socket.socket, message: dict, fds=()) -> None:
 
 
 def receive_message(sock: socket.socket, maxfds: int = 0):
-    """``(message, fds)``: the next message and the descriptors that came with it; ``(None, [])`` at hang-up."""
-    buffer, fds = b"", []
-    while len(buffer) < 4 or len(buffer) < 4 + struct.unpack("!I", buffer[:4])[0]:
-        if maxfds and not buffer:
-            chunk, got, _flags, _addr = socket.recv_fds(sock, 1 << 16, maxfds)
+    """``(message, fds)``: the next message and the descriptors that came with it; ``(None, [])`` at hang-up.
+
+    Reads exactly one message's bytes (its 4-byte length, then that many), never into the next
+    one: the server's ``{"pid"}`` and ``{"exit"}`` of a quick command can both be waiting.
+    """
+    buffer, fds, size = b"", [], 4
+    while len(buffer) < size:
+        if maxfds and not buffer:  # the descriptors come with the message's first bytes
+            chunk, got, _flags, _addr = socket.recv_fds(sock, size, maxfds)
             fds.extend(got)
         else:
-            chunk = sock.recv(1 << 16 if len(buffer) < 4 else 4 + struct.unpack("!I", buffer[:4])[0] - len(buffer))
+            chunk = sock.recv(size - len(buffer))
         if not chunk:
             for fd in fds:
                 os.close(fd)
             return None, []
         buffer += chunk
+        if size == 4 and len(buffer) == 4:
+            size += struct.unpack("!I", buffer)[0]
     return json.loads(buffer[4:]), fds
 
 

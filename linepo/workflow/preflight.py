@@ -315,10 +315,8 @@ def fixed_outputs(wiring) -> dict[str, str]:
     if wiring.synthetic_judge and plan.runs:  # replicate 0's reports as before; the others' beside them
         summary["exploitability"] = {name: plan.exploitability_path(p) for name, p in wiring.evaluated.items()}
         summary.update({f"exploitability-{r}": wiring.exploitability_reports(r) for r in wiring.replicates if r})
-    if wiring.evaluating:
-        section = config["evaluation"]
-        summary["evaluation"] = [eplan.matrix_spec(), eplan.curves_spec() if eplan.curves else None,
-                                 eplan.summary_spec(plan, wiring.synthetic_judge), section["bootstrap"], section["seed"]]
+    if wiring.evaluating:  # replicate 0's evaluation as before replicates; the others' beside it
+        summary.update({"evaluation" + (f"-{r}" if r else ""): wiring.evaluation_inputs(r) for r in wiring.replicates})
         for c in eplan.checkpoints:
             outputs[f"results/eval/alpaca_eval/{c.name}/"] = _digest(c.label, c.generation, plan.eval_prompts)
     if summary:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from linepo.stages.parallel import shard_count
-from linepo.workflow.evalplan import EvalPlan, build_eval_plan
+from linepo.workflow.evalplan import EvalPlan, build_eval_plan, summary_path
 from linepo.workflow.plan import Plan, build_plan
 
 #: A node id (12 hex digits of a recipe's sha256) and a config name, as wildcards match them.
@@ -57,8 +57,7 @@ class Wiring:
 
     def __post_init__(self):
         self.plan = build_plan(self.config)
-        # Evaluation (win rates, curves, AlpacaEval) reads Plan.sft and Plan.runs: replicate 0's
-        # checkpoints only, for now; exploitability and Prox fidelity cover every replicate.
+        # Evaluation: every replicate's checkpoints and curves (the AlpacaEval exports: replicate 0's).
         self.eval = build_eval_plan(self.config, self.plan)
 
     @property
@@ -244,6 +243,13 @@ class Wiring:
     def evaluating(self) -> bool:
         return self.config["evaluation"]["enabled"] and bool(self.plan.runs)
 
+    def evaluation_inputs(self, replicate=0) -> list:
+        """What one replicate's evaluation tables are computed from (for
+        :func:`linepo.workflow.preflight.fixed_outputs`): its rules' specs and settings."""
+        section, eplan = self.config["evaluation"], self.eval
+        return [eplan.matrix_spec(replicate), eplan.curves_spec(replicate) if eplan.curves else None,
+                eplan.summary_spec(self.plan, self.synthetic_judge, replicate), section["bootstrap"], section["seed"]]
+
     def prox_fidelity_outputs(self, digest) -> dict[str, str]:
         """The fixed-path Prox-fidelity tables (every replicate's per run and collected, and the
         pooled one), each with ``digest`` of what it is computed from (for
@@ -270,10 +276,10 @@ class Wiring:
     def eval_targets(self) -> list[str]:
         if not self.evaluating:
             return []
-        targets = ["results/summary/win_rates.csv", "results/summary/evaluation.tsv"]
+        targets = [summary_path("win_rates.csv"), summary_path("evaluation.tsv")]  # pooled over replicates
         targets += [f"results/eval/alpaca_eval/{c.name}/model_outputs.json" for c in self.eval.checkpoints]
         if self.eval.curves:
-            targets.append("results/summary/curves.tsv")
+            targets.append(summary_path("curves.tsv"))
         return targets
 
 
