@@ -14,7 +14,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import yaml
 
 from linepo.evaluation import winrates as ev
 from linepo.workflow.config import validate_config
@@ -23,9 +22,9 @@ from linepo.workflow.evalplan import build_eval_plan
 from linepo.stages.judges import Judge, SyntheticJudge
 from linepo.workflow.plan import build_plan
 from linepo.schemas import read_metadata, read_table, write_table
-from workflow_utils import REPO
+from workflow_utils import REPO, default_realisation
 
-BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+BASE = default_realisation()  # one realisation of the default: the tests set replicates themselves
 ALPACA_EVAL_SET = REPO.parent / "shared" / "data" / "alpaca_eval" / "eval_set.json"
 
 

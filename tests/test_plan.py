@@ -2,14 +2,12 @@
 
 import copy
 
-import yaml
 
 from linepo.workflow.config import validate_config
 from linepo.workflow.plan import build_plan
-from workflow_utils import REPO
+from workflow_utils import REPO, default_realisation
 
-# one realisation of the default (its `replicates:` dropped): these tests count one replicate's nodes
-BASE = {key: value for key, value in yaml.safe_load((REPO / "config.yaml").read_text()).items() if key != "replicates"}
+BASE = default_realisation()  # one realisation: these tests count its nodes
 
 
 def plan_of(edit=None):

@@ -18,7 +18,6 @@ import statistics
 
 import numpy as np
 import pytest
-import yaml
 
 from linepo.cli import main
 from linepo.schemas import write_table
@@ -26,9 +25,9 @@ from linepo.workflow.config import validate_config
 from linepo.workflow.evalplan import SUMMARY_FILES, build_eval_plan, comparison_shard, summary_path
 from linepo.workflow.plan import build_plan, recipe_id
 from linepo.workflow.wiring import Wiring
-from workflow_utils import REPO
+from workflow_utils import default_realisation
 
-BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+BASE = default_realisation()  # one realisation of the default: the tests set replicates themselves
 
 
 def config_with(replicates=None, edit=None) -> dict:

@@ -25,10 +25,10 @@ from linepo.workflow.evalplan import describe as describe_evaluation
 from linepo.workflow.plan import build_plan, describe
 from linepo.workflow.preflight import fixed_outputs
 from linepo.workflow.wiring import Wiring, node_seed
-from workflow_utils import REPO
+from workflow_utils import REPO, default_realisation
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
-BASE = {key: value for key, value in DEFAULT.items() if key != "replicates"}  # each test sets its own
+BASE = default_realisation()  # each test sets its own replicates
 IMPORTED = {"sft": "Qwen/Qwen2-1.5B", "tokenizer": "Qwen/Qwen2-1.5B"}  # a hub id: nothing is loaded
 
 

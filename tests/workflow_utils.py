@@ -25,6 +25,14 @@ TINY_BASE = {
 }
 
 
+def default_realisation() -> dict:
+    """config.yaml without its ``replicates:`` section: one realisation of the default, whose
+    node counts and ids tests compare (the default itself runs two replicates)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.pop("replicates", None)
+    return config
+
+
 def tiny_config(**sections) -> dict:
     """A deep copy of :data:`TINY_BASE` with whole top-level ``sections`` replaced or added."""
     return {**yaml.safe_load(yaml.safe_dump(TINY_BASE)), **sections}
