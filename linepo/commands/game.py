@@ -27,6 +27,13 @@ def _positive(kind):
     return parse
 
 
+def _tolerance(text: str) -> float:
+    value = _positive(float)(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def register(subparsers) -> None:
     from linepo.games.runs import ALGORITHMS, DEFAULTS
 
@@ -49,6 +56,15 @@ def register(subparsers) -> None:
     game.add_argument("--samples", type=_positive(int), default=DEFAULTS.samples,
                       help="sample-based: oracle-labelled pairs per iteration (default %(default)s)")
     game.add_argument("--seed", type=int, default=DEFAULTS.seed, help="sample-based: RNG seed (default %(default)s)")
+    game.add_argument("--tol", type=_tolerance, metavar="X",
+                      help="stop once the last iterate's duality gap is ≤ X (checked every iteration; "
+                      "linepo and linepo_sampled: at the end of each outer round), --iterations being "
+                      "the maximum; the output says whether X was reached (--json: tol, converged, "
+                      "iterations_run). Sampled algorithms check the exact gap of their noisy iterates, "
+                      "which hover at a floor ~1/sqrt(--samples): a smaller X is normally not reached. "
+                      "Exit status 0 either way unless --require-tol")
+    game.add_argument("--require-tol", action="store_true",
+                      help="with --tol: exit with status 1 (after printing) when the tolerance is not reached")
     game.add_argument("--json", action="store_true", help="print one JSON object (nash, last_iterate, duality_gap, ...)")
     game.add_argument("--out", help="write the whole trajectory to this parquet file")
     game.set_defaults(func=run_game)
@@ -92,7 +108,9 @@ def run_game(args) -> int:
     matrix, init = _parse_inputs(args)
     settings = GameSettings(eta=args.eta, tau=args.tau, iterations=args.iterations,
                             inner_steps=args.inner_steps, samples=args.samples, seed=args.seed)
-    trajectory = run_algorithm(args.algorithm, matrix, init, settings)
+    if args.require_tol and args.tol is None:
+        raise InputError("--require-tol needs --tol")
+    trajectory = run_algorithm(args.algorithm, matrix, init, settings, tol=args.tol)
     result = summary(trajectory)
     if args.out:
         save_trajectory(trajectory, args.out)
@@ -104,7 +122,19 @@ def run_game(args) -> int:
         print(f"  Nash policy   {fmt(result['nash'])}")
         print(f"  last iterate  {fmt(result['last_iterate'])}")
         print(f"  duality gap   {result['duality_gap']:.3e}")
+        if args.tol is not None:
+            print(f"  {tolerance_line(result, args.iterations)}")
+    if args.require_tol and not result["converged"]:
+        return 1
     return 0
+
+
+def tolerance_line(result: dict, maximum: int) -> str:
+    """Whether ``linepo game --tol`` reached its tolerance, in words."""
+    if result["converged"]:
+        return f"reached duality gap ≤ {result['tol']:g} after {result['iterations_run']} iterations"
+    return (f"NOT reached: duality gap {result['duality_gap']:.1e} > {result['tol']:g} "
+            f"after the maximum {maximum} iterations (--iterations)")
 
 
 def run_figure(args) -> int:

@@ -133,7 +133,8 @@ def register_evaluation(subparsers) -> None:
     p = subparsers.add_parser(
         "eval-summary-pooled", help="pool per-replicate evaluation tables: mean ± standard error per checkpoint",
         description="linepo eval-summary-pooled: per checkpoint of every replicate's evaluation table, each "
-        f"number's mean and standard error (the worst win rate: the mean of each replicate's worst). {_EVAL_NOTE}")
+        f"number's mean and standard error (the worst win rate: the mean of each replicate's worst; the meta-game "
+        f"columns: the mean of each replicate's, whose game is its own checkpoints). {_EVAL_NOTE}")
     p.add_argument("--spec", required=True, help=_EVAL_SPEC % ("out", "eval-summary"))
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_summary, outputs=("out",))

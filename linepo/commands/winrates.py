@@ -75,7 +75,13 @@ def register(subparsers) -> None:
     p.add_argument("--figure", required=True, type=Path)
     p.set_defaults(func=run_curves)
 
-    p = subparsers.add_parser("eval-summary", help="per checkpoint: Avg and worst win rate, length, exploitability")
+    p = subparsers.add_parser(
+        "eval-summary", help="per checkpoint: Avg and worst win rate, meta game, length, exploitability",
+        description="linepo eval-summary: per checkpoint, its average and worst win rate, the meta game of the "
+        "win rate matrix (meta_nash: its mass in the maximum entropy Nash of the checkpoints' game; "
+        "pool_exploitability: the best win rate any checkpoint has against it, minus 1/2; nash_averaged: its "
+        "Nash averaged rating, Balduzzi et al. 2018; the matrix symmetrised as (M + 1 - M^T)/2 first, empty with a "
+        "missing cell), output length and, with the synthetic oracle, exploitability.")
     p.add_argument("--spec", required=True, help='JSON or a JSON file: {"checkpoints": [{name, label, '
                                                   'policy, generation}], "generations": {id: path}, '
                                                   '"exploitability": {name: path}}')

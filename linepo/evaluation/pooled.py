@@ -304,15 +304,19 @@ def pool_curves(tables: dict[int, list[dict]]) -> list[dict]:
 
 #: Numbers of an evaluation.tsv row that are pooled (mean and ``_se``), in their order; a
 #: replicate's table has the hard ones only with a hard matrix.
-SUMMARY_NUMBERS = ("avg_win_rate", "worst_win_rate", "avg_hard_win_rate", "worst_hard_win_rate", "avg_tokens",
-                   "exploitability")
+SUMMARY_NUMBERS = ("avg_win_rate", "worst_win_rate", "avg_hard_win_rate", "worst_hard_win_rate", "meta_nash",
+                   "pool_exploitability", "nash_averaged", "avg_tokens", "exploitability")
 
 
 def pool_summary(tables: dict[int, list[dict]]) -> list[dict]:
     """Per checkpoint of every replicate's evaluation.tsv: each number's mean over replicates and
     standard error (the worst win rate: the mean of each replicate's worst, which may be against
     another checkpoint: ``worst_against`` lists each then), missing cells, judged and failed
-    summed, the category mix as mean ± SE; exploitability empty where no replicate has one."""
+    summed, the category mix as mean ± SE; exploitability empty where no replicate has one.
+    The meta-game columns are each replicate's (its own pool of checkpoints) pooled the same
+    way: the mean Nash mass is the mixture of the replicates' Nash policies (still sums to 1),
+    not the Nash of the pooled matrix — one replicate's game per realisation of the pipeline,
+    so that ``_se`` says how much the meta-game moves between realisations."""
     out = []
     for rows in matched(tables, ("checkpoint",)):
         first = next(iter(rows.values()))

@@ -47,11 +47,21 @@ def curve_rows(runs: dict, generations: dict, comparisons: dict, *, resamples: i
     return rows
 
 
+#: The meta-game columns of the summary table, in their order.
+META_COLUMNS = ("meta_nash", "pool_exploitability", "nash_averaged")
+
+
 def summary_rows(labels, m, checkpoints, lengths: dict, exploitability: dict, hard=None, counts=None) -> list[dict]:
     """Per checkpoint: average and worst win rate (robust alignment: ≥ 50% against all), the
     same two of the hard matrix ``hard`` when given (its worst may be against another
     checkpoint), the comparisons judged and failed in its row (``counts``: the judged and
-    failed matrices), length, and, with the synthetic oracle, exploitability and category mix."""
+    failed matrices), the meta-game of ``m`` (:mod:`linepo.evaluation.meta_game`: the
+    checkpoint's mass in the max-entropy Nash of the pool, its exploitability within the pool
+    and its Nash-averaged rating; empty when a cell is missing), length, and, with the
+    synthetic oracle, exploitability and category mix."""
+    from linepo.evaluation.meta_game import meta_game
+
+    meta = meta_game(m)
     rows = []
     for i, (label, cp) in enumerate(zip(labels, checkpoints)):
         others = [j for j in range(len(labels)) if j != i]
@@ -73,6 +83,8 @@ def summary_rows(labels, m, checkpoints, lengths: dict, exploitability: dict, ha
             "missing_cells": missing,
             **hard_rates,
             **({"judged": int(counts[0][i].sum()), "failed": int(counts[1][i].sum())} if counts is not None else {}),
+            **{column: None if meta is None else float(round(meta[column][i], 10)) + 0.0  # no "-0.0000"
+               for column in META_COLUMNS},
             "avg_tokens": lengths[cp["generation"]],
             "exploitability": report["exploitability"] if report else None,
             "category_distribution": ", ".join(f"{k} {v:.3f}" for k, v in report["category_distribution"].items())

@@ -193,13 +193,32 @@ class Trajectory:
         return np.array([kl(target, pi) for pi in self.policies])
 
 
-def mirror_descent(matrix, init, *, eta: float, iterations: int) -> Trajectory:
+def reached(matrix: np.ndarray, policy: np.ndarray, tol: float | None) -> bool:
+    """Whether ``policy``'s duality gap is ≤ ``tol`` (never, when ``tol`` is None).
+
+    The stopping rule of ``linepo game --tol``: every dynamics below takes ``tol`` and stops
+    before its next update once the current iterate passes this check. Methods whose
+    iterates are each the method's output (MD, INPO, OMWU, Mirror-Prox, whose half-step is
+    not an iterate) check every iteration; LINE-PO checks at the end of each outer round
+    (when the reference moves), because Algorithm 1 outputs the policy of a finished
+    round, and mid-round iterates solve the current regularised game, not J.
+    """
+    return tol is not None and duality_gap(matrix, policy) <= tol
+
+
+def _tol_params(tol):
+    return {} if tol is None else {"tol": tol}
+
+
+def mirror_descent(matrix, init, *, eta: float, iterations: int, tol: float | None = None) -> Trajectory:
     """Mirror descent / MWU on J: π_{t+1} = Prox(π_t, η P(·≻π_t)). Cycles in the last iterate."""
     policies = [init]
     for _ in range(iterations):
         pi = policies[-1]
+        if reached(matrix, pi, tol):
+            break
         policies.append(prox(pi, eta * win_rates_against(matrix, pi)))
-    return trajectory_of("md", matrix, policies, eta=eta)
+    return trajectory_of("md", matrix, policies, eta=eta, **_tol_params(tol))
 
 
 def regularized_step(matrix, mu, reference, *, eta: float, tau: float) -> np.ndarray:
@@ -214,50 +233,63 @@ def regularized_step(matrix, mu, reference, *, eta: float, tau: float) -> np.nda
     return prox(mu, eta * gradient)
 
 
-def inpo(matrix, init, *, eta: float, tau: float, iterations: int, reference=None) -> Trajectory:
+def inpo(matrix, init, *, eta: float, tau: float, iterations: int, reference=None,
+         tol: float | None = None) -> Trajectory:
     """INPO alone (Algorithm 2 run long): converges to the Nash policy of J_τ, not of J."""
     reference = init if reference is None else reference
     policies = [init]
     for _ in range(iterations):
+        if reached(matrix, policies[-1], tol):
+            break
         policies.append(regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau))
-    return trajectory_of("inpo", matrix, policies, eta=eta, tau=tau)
+    return trajectory_of("inpo", matrix, policies, eta=eta, tau=tau, **_tol_params(tol))
 
 
-def linepo(matrix, init, *, eta: float, tau: float, inner_steps: int, iterations: int) -> Trajectory:
+def linepo(matrix, init, *, eta: float, tau: float, inner_steps: int, iterations: int,
+           tol: float | None = None) -> Trajectory:
     """LINE-PO (Algorithm 1 with Algorithm 2 as inner solver).
 
     ``iterations`` counts inner (prox) steps, so the horizon is comparable with MD; the
-    reference moves to the current policy after every ``inner_steps`` of them.
+    reference moves to the current policy after every ``inner_steps`` of them. With
+    ``tol``, the run stops at the end of the first outer round (or at the start) whose
+    policy has duality gap ≤ ``tol``; see :func:`reached`.
     """
     reference = init
     policies = [init]
-    for step in range(1, iterations + 1):
-        policies.append(regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau))
-        if step % inner_steps == 0:
-            reference = policies[-1]
-    return trajectory_of("linepo", matrix, policies, rounds=outer_rounds(iterations, inner_steps),
-                         eta=eta, tau=tau, inner_steps=inner_steps)
+    if not reached(matrix, init, tol):
+        for step in range(1, iterations + 1):
+            policies.append(regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau))
+            if step % inner_steps == 0:
+                reference = policies[-1]
+                if reached(matrix, reference, tol):
+                    break
+    return trajectory_of("linepo", matrix, policies, rounds=outer_rounds(len(policies) - 1, inner_steps),
+                         eta=eta, tau=tau, inner_steps=inner_steps, **_tol_params(tol))
 
 
-def optimistic_mwu(matrix, init, *, eta: float, iterations: int) -> Trajectory:
+def optimistic_mwu(matrix, init, *, eta: float, iterations: int, tol: float | None = None) -> Trajectory:
     """OMWU (Appendix H): π_{t+1} = Prox(π_t, 2η g(π_t) − η g(π_{t−1})), π_0 = π_1."""
     policies = [init]
     previous_gradient = win_rates_against(matrix, init)
     for _ in range(iterations):
+        if reached(matrix, policies[-1], tol):
+            break
         gradient = win_rates_against(matrix, policies[-1])
         policies.append(prox(policies[-1], eta * (2 * gradient - previous_gradient)))
         previous_gradient = gradient
-    return trajectory_of("omwu", matrix, policies, eta=eta)
+    return trajectory_of("omwu", matrix, policies, eta=eta, **_tol_params(tol))
 
 
-def mirror_prox(matrix, init, *, eta: float, iterations: int) -> Trajectory:
+def mirror_prox(matrix, init, *, eta: float, iterations: int, tol: float | None = None) -> Trajectory:
     """Mirror-Prox (Appendix H): an extrapolation prox step, then the update from π_t."""
     policies = [init]
     for _ in range(iterations):
         pi = policies[-1]
+        if reached(matrix, pi, tol):
+            break
         half = prox(pi, eta * win_rates_against(matrix, pi))
         policies.append(prox(pi, eta * win_rates_against(matrix, half)))
-    return trajectory_of("mirror_prox", matrix, policies, eta=eta)
+    return trajectory_of("mirror_prox", matrix, policies, eta=eta, **_tol_params(tol))
 
 
 def outer_rounds(iterations: int, inner_steps: int) -> list[int]:

@@ -38,25 +38,32 @@ class GameSettings:
 DEFAULTS = GameSettings()
 
 
-def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULTS) -> games.Trajectory:
-    """Run ``algorithm`` (one of :data:`ALGORITHMS`) on a validated matrix and start policy."""
+def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULTS,
+                  tol: float | None = None) -> games.Trajectory:
+    """Run ``algorithm`` (one of :data:`ALGORITHMS`) on a validated matrix and start policy.
+
+    ``tol`` (``linepo game --tol``): stop once the iterate's duality gap is ≤ ``tol``
+    (:func:`linepo.games.game.reached` says when each method checks); ``settings.iterations``
+    is then the maximum.
+    """
     s = settings
     if algorithm == "md":
-        return games.mirror_descent(matrix, init, eta=s.eta, iterations=s.iterations)
+        return games.mirror_descent(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
     if algorithm == "linepo":
-        return games.linepo(matrix, init, eta=s.eta, tau=s.tau, inner_steps=s.inner_steps, iterations=s.iterations)
+        return games.linepo(matrix, init, eta=s.eta, tau=s.tau, inner_steps=s.inner_steps,
+                            iterations=s.iterations, tol=tol)
     if algorithm == "inpo":
-        return games.inpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations)
+        return games.inpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations, tol=tol)
     if algorithm == "omwu":
-        return games.optimistic_mwu(matrix, init, eta=s.eta, iterations=s.iterations)
+        return games.optimistic_mwu(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
     if algorithm == "mirror_prox":
-        return games.mirror_prox(matrix, init, eta=s.eta, iterations=s.iterations)
+        return games.mirror_prox(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
     if algorithm in SAMPLED_ALGORITHMS:
         from linepo.games.sampled import run_sampled  # torch: imported only for sampled runs
 
         return run_sampled(
             algorithm, matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations,
-            samples=s.samples, inner_steps=s.inner_steps, seed=s.seed,
+            samples=s.samples, inner_steps=s.inner_steps, seed=s.seed, tol=tol,
         )
     raise KeyError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
@@ -74,11 +81,16 @@ def relevant_settings(algorithm: str) -> tuple[str, ...]:
 
 
 def summary(trajectory: games.Trajectory) -> dict:
-    """The JSON summary printed by ``linepo game --json``."""
+    """The JSON summary printed by ``linepo game --json``.
+
+    A run with a tolerance (``params["tol"]``) also gets ``tol``, ``converged`` (the last
+    iterate's duality gap is ≤ tol) and ``iterations_run``; a run without one gets exactly
+    the fields it always had.
+    """
     matrix = trajectory.matrix
     nash = games.nash_policy(matrix)
     last = trajectory.last_iterate
-    return {
+    result = {
         "algorithm": trajectory.algorithm,
         "nash": nash.tolist(),
         "last_iterate": last.tolist(),
@@ -88,6 +100,11 @@ def summary(trajectory: games.Trajectory) -> dict:
         "rounds": int(trajectory.rounds[-1]),
         "params": trajectory.params,
     }
+    tol = trajectory.params.get("tol")
+    if tol is not None:
+        result.update(tol=tol, converged=bool(result["duality_gap"] <= tol),
+                      iterations_run=result["iterations"])
+    return result
 
 
 def save_trajectory(trajectory: games.Trajectory, path: str | Path) -> Path:

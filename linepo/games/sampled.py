@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from linepo.algorithms import sampled_dynamics
-from linepo.games.game import Trajectory, outer_rounds, trajectory_of
+from linepo.games.game import Trajectory, outer_rounds, reached, trajectory_of
 
 #: algorithm -> (loss name, how the reference evolves): the LLM algorithms' tabular twins
 SAMPLED_ALGORITHMS = sampled_dynamics()
@@ -114,16 +114,28 @@ def run_sampled(
     samples: int,
     inner_steps: int,
     seed: int,
+    tol: float | None = None,
 ) -> Trajectory:
-    """Run one sample-based algorithm of :data:`SAMPLED_ALGORITHMS` for ``iterations`` steps."""
+    """Run one sample-based algorithm of :data:`SAMPLED_ALGORITHMS` for ``iterations`` steps.
+
+    ``tol`` stops the run as the exact dynamics do (:func:`linepo.games.game.reached`):
+    every iteration, or at outer-round ends for ``linepo_sampled``. The gap checked is
+    exact — the iterate is a known tabular policy and the gap is computed from the true
+    matrix — but the trajectory is noisy: the gap hovers at a floor that shrinks like
+    1/√samples, so a run may stop on a dip below ``tol`` (that iterate really is within
+    ``tol``), and a ``tol`` below the floor is normally not reached.
+    """
     loss_name, reference_rule = SAMPLED_ALGORITHMS[algorithm]
     rng = np.random.default_rng(seed)
     # Keep every policy strictly inside the simplex: log-probs must stay finite.
     floor = 1e-12
     reference = init
     policies = [init]
+    moving = reference_rule == "moving"
     for step in range(1, iterations + 1):
         current = policies[-1]
+        if (step == 1 or not moving or (step - 1) % inner_steps == 0) and reached(matrix, current, tol):
+            break
         wins, appearances = draw_preferences(matrix, current, samples, rng)
         loss_reference = current if reference_rule == "current" else reference
         updated = fit_policy(
@@ -134,8 +146,10 @@ def run_sampled(
         if reference_rule == "moving" and step % inner_steps == 0:
             reference = policies[-1]
     params = dict(eta=eta, tau=tau, samples=samples, seed=seed)
+    if tol is not None:
+        params["tol"] = tol
     rounds = None
-    if reference_rule == "moving":
+    if moving:
         params["inner_steps"] = inner_steps
-        rounds = outer_rounds(iterations, inner_steps)
+        rounds = outer_rounds(len(policies) - 1, inner_steps)
     return trajectory_of(algorithm, matrix, policies, rounds=rounds, **params)
