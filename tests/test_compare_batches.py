@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from linepo.cli import main
 from linepo.errors import InputError
@@ -25,9 +24,9 @@ from linepo.workflow.config import validate_config
 from linepo.workflow.evalplan import build_eval_plan, comparison_shard
 from linepo.workflow.plan import build_plan
 from linepo.workflow.wiring import Wiring
-from workflow_utils import REPO
+from workflow_utils import default_realisation
 
-BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+BASE = default_realisation()  # one realisation of the default: batch counts are per replicate
 SYNTHETIC = {"type": "synthetic"}
 STARTS = ["Briefly,", "Sure,", "Certainly,"]  # the oracle's brief / plain / detailed
 
