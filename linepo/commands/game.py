@@ -41,7 +41,7 @@ def register(subparsers) -> None:
         "game",
         help="run exact or sample-based dynamics on a preference matrix (paper §4)",
         description="Run one algorithm on a symmetric preference game P[i][j] = P(y_i ≻ y_j). "
-        "Exact: md, linepo, inpo, omwu, mirror_prox. Sample-based (Figure 2): "
+        "Exact: md, linepo, inpo, omwu, mirror_prox, mnpo, onpo, egpo. Sample-based (Figure 2): "
         "iter_dpo, iter_ipo, sppo, inpo_sampled, linepo_sampled.",
     )
     game.add_argument("--matrix", help="JSON list of lists; default: the paper's 3×3 game")
@@ -53,6 +53,11 @@ def register(subparsers) -> None:
     game.add_argument("--tau", type=_positive(float), default=DEFAULTS.tau, help="regularisation τ of J_τ (default %(default)s)")
     game.add_argument("--inner-steps", type=_positive(int), default=DEFAULTS.inner_steps,
                       help="LINE-PO: updates per outer round before the reference moves (default %(default)s)")
+    game.add_argument("--window", type=int, default=DEFAULTS.window,
+                      help="mnpo: past iterates mixed into the loss's centre, ≥ 1 (default %(default)s)")
+    game.add_argument("--weights", metavar="JSON",
+                      help="mnpo: JSON list of --window non-negative weights summing to 1, newest "
+                      "iterate first; default uniform. Early steps with less history renormalise the first ones")
     game.add_argument("--samples", type=_positive(int), default=DEFAULTS.samples,
                       help="sample-based: oracle-labelled pairs per iteration (default %(default)s)")
     game.add_argument("--seed", type=int, default=DEFAULTS.seed, help="sample-based: RNG seed (default %(default)s)")
@@ -102,12 +107,32 @@ def _parse_inputs(args):
     return matrix, init
 
 
+def _mixture(args):
+    """MNPO's validated (window, weights); InputError names --window or --weights."""
+    from linepo.games.game import InvalidGameError
+    from linepo.games.peers import validate_mixture
+    from linepo.games.runs import parse_json_list
+
+    weights = None
+    if args.weights is not None:
+        try:
+            weights = parse_json_list(args.weights, "weights")
+        except ValueError as err:
+            raise InputError(f"--weights: {err}") from None
+    try:
+        return validate_mixture(args.window, weights)
+    except InvalidGameError as err:
+        raise InputError(str(err)) from None
+
+
 def run_game(args) -> int:
     from linepo.games.runs import GameSettings, run_algorithm, save_trajectory, summary
 
     matrix, init = _parse_inputs(args)
+    window, weights = _mixture(args)
     settings = GameSettings(eta=args.eta, tau=args.tau, iterations=args.iterations,
-                            inner_steps=args.inner_steps, samples=args.samples, seed=args.seed)
+                            inner_steps=args.inner_steps, samples=args.samples, seed=args.seed,
+                            window=window, weights=weights)
     if args.require_tol and args.tol is None:
         raise InputError("--require-tol needs --tol")
     trajectory = run_algorithm(args.algorithm, matrix, init, settings, tol=args.tol)

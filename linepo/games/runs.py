@@ -19,7 +19,7 @@ import numpy as np
 from linepo.games import game as games
 from linepo.games.sampled import SAMPLED_ALGORITHMS
 
-EXACT_ALGORITHMS = ("md", "linepo", "inpo", "omwu", "mirror_prox")
+EXACT_ALGORITHMS = ("md", "linepo", "inpo", "omwu", "mirror_prox", "mnpo", "onpo", "egpo")
 ALGORITHMS = EXACT_ALGORITHMS + tuple(SAMPLED_ALGORITHMS)
 
 
@@ -33,6 +33,8 @@ class GameSettings:
     inner_steps: int = 20  # LINE-PO: prox updates per outer round before the reference moves
     samples: int = 50_000  # sample-based runs: oracle-labelled pairs per iteration
     seed: int = 0  # sample-based runs: RNG seed
+    window: int = 1  # MNPO: past iterates π_t, …, π_{t−window+1} in the loss's centre
+    weights: tuple | None = None  # MNPO: their weights λ (non-negative, sum 1); None: uniform
 
 
 DEFAULTS = GameSettings()
@@ -58,6 +60,15 @@ def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULT
         return games.optimistic_mwu(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
     if algorithm == "mirror_prox":
         return games.mirror_prox(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
+    if algorithm in ("mnpo", "onpo", "egpo"):
+        from linepo.games import peers
+
+        if algorithm == "mnpo":
+            return peers.mnpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations,
+                              window=s.window, weights=s.weights, tol=tol)
+        if algorithm == "onpo":
+            return peers.onpo(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
+        return peers.egpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations, tol=tol)
     if algorithm in SAMPLED_ALGORITHMS:
         from linepo.games.sampled import run_sampled  # torch: imported only for sampled runs
 
@@ -71,10 +82,12 @@ def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULT
 def relevant_settings(algorithm: str) -> tuple[str, ...]:
     """The :class:`GameSettings` fields that change ``algorithm``'s trajectory."""
     keys = ["eta", "iterations"]
-    if algorithm in ("linepo", "inpo") or SAMPLED_ALGORITHMS.get(algorithm, ("",))[0] == "inpo":
+    if algorithm in ("linepo", "inpo", "mnpo", "egpo") or SAMPLED_ALGORITHMS.get(algorithm, ("",))[0] == "inpo":
         keys.append("tau")
     if algorithm in ("linepo", "linepo_sampled"):
         keys.append("inner_steps")
+    if algorithm == "mnpo":
+        keys += ["window", "weights"]
     if algorithm in SAMPLED_ALGORITHMS:
         keys += ["samples", "seed"]
     return tuple(keys)
