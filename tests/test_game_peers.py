@@ -151,3 +151,51 @@ def test_cli_bad_mixture_is_one_line(args, name):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], result.stderr
+
+
+# ----------------------------------------------------------------- MNPO in the workflow's synthetic section
+
+
+def _synthetic_config(**mnpo):
+    import copy
+
+    import yaml
+
+    from workflow_utils import REPO
+
+    config = copy.deepcopy(yaml.safe_load((REPO / "config.yaml").read_text()))
+    setting = config["synthetic"]["settings"]["paper_exact"]
+    setting["algorithms"] = [*setting["algorithms"], "mnpo"]
+    setting.update(mnpo)
+    return config
+
+
+def test_the_workflow_passes_mnpos_window_and_weights_to_linepo_game():
+    import shlex
+    from types import SimpleNamespace
+
+    from linepo.workflow.config import validate_config
+    from linepo.workflow.wiring import Wiring
+
+    wiring = Wiring(validate_config(_synthetic_config(window=3, weights=[0.5, 0.3, 0.2])))
+    flags = shlex.split(wiring.synthetic_flags(SimpleNamespace(setting="paper_exact", algorithm="mnpo")))
+    assert flags[flags.index("--window") + 1] == "3"
+    assert json.loads(flags[flags.index("--weights") + 1]) == [0.5, 0.3, 0.2]
+    uniform = Wiring(validate_config(_synthetic_config(window=2)))
+    assert "--weights" not in uniform.synthetic_flags(SimpleNamespace(setting="paper_exact", algorithm="mnpo"))
+    # another algorithm's flags do not name MNPO's settings (an MNPO edit reruns only MNPO)
+    assert "--window" not in wiring.synthetic_flags(SimpleNamespace(setting="paper_exact", algorithm="inpo"))
+
+
+@pytest.mark.parametrize("mnpo, key, reason", [
+    ({"window": 2, "weights": [0.5, 0.3, 0.2]}, "weights", "needs one weight per past iterate"),
+    ({"window": 2, "weights": [0.6, 0.6]}, "weights", "must sum to 1"),
+])
+def test_bad_mnpo_settings_fail_at_config_time_naming_the_key(mnpo, key, reason):
+    from linepo.errors import InputError
+    from linepo.workflow.config import validate_config
+
+    with pytest.raises(InputError) as info:
+        validate_config(_synthetic_config(**mnpo))
+    message = str(info.value)
+    assert message.startswith(f"config key synthetic.settings.paper_exact.{key}: {reason}") and "\n" not in message

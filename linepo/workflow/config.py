@@ -212,6 +212,13 @@ def _check_synthetic(section: dict) -> None:
             games.validate_policy(setting["init"], n)
         except games.InvalidGameError as err:
             raise InputError(f"config key {key}.init: {err}") from None
+        if "mnpo" in setting["algorithms"]:
+            from linepo.games.peers import validate_mixture
+            try:
+                validate_mixture(setting["window"], setting["weights"])
+            except games.InvalidGameError as err:  # "--weights: ..." → the config key's name
+                flag, _, reason = str(err).partition(": ")
+                raise InputError(f"config key {key}.{flag.removeprefix('--')}: {reason}") from None
 
 
 def _check_policy(section: dict) -> None:

@@ -12,6 +12,7 @@ so what is computed here is what the rules computed before this module existed.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 
 from linepo.stages.parallel import shard_count
@@ -136,14 +137,23 @@ class Wiring:
 
     # -- tabular games
     GAME_FLAGS = {"eta": "--eta", "tau": "--tau", "iterations": "--iterations",
-                  "inner_steps": "--inner-steps", "samples": "--samples", "seed": "--seed"}
+                  "inner_steps": "--inner-steps", "samples": "--samples", "seed": "--seed",
+                  "window": "--window"}
 
     def synthetic_flags(self, wildcards) -> str:
         """Only the settings this algorithm uses, so an unrelated edit reruns nothing."""
         from linepo.games.runs import relevant_settings
 
         setting = self.config["synthetic"]["settings"][wildcards.setting]
-        return " ".join(f"{self.GAME_FLAGS[key]} {setting[key]}" for key in relevant_settings(wildcards.algorithm))
+        flags = []
+        for key in relevant_settings(wildcards.algorithm):
+            value = setting.get(key)
+            if key == "weights":  # a JSON list, one shell word; unset: uniform (the command's default)
+                if value is not None:
+                    flags.append(f"--weights {shlex.quote(json.dumps(value))}")
+                continue
+            flags.append(f"{self.GAME_FLAGS[key]} {value}")
+        return " ".join(flags)
 
     # -- prompt files
     def eval_prompt_flags(self) -> str:
