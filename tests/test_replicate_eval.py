@@ -10,7 +10,6 @@ replicate the per-replicate files byte for byte.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -21,22 +20,12 @@ import pytest
 
 from linepo.cli import main
 from linepo.schemas import write_table
-from linepo.workflow.config import validate_config
 from linepo.workflow.evalplan import SUMMARY_FILES, build_eval_plan, comparison_shard, summary_path
 from linepo.workflow.plan import build_plan, recipe_id
 from linepo.workflow.wiring import Wiring
-from workflow_utils import default_realisation
+from workflow_utils import default_config_with
 
-BASE = default_realisation()  # one realisation of the default: the tests set replicates themselves
-
-
-def config_with(replicates=None, edit=None) -> dict:
-    config = copy.deepcopy(BASE)
-    if replicates is not None:
-        config["replicates"] = replicates
-    if edit:
-        edit(config)
-    return validate_config(config)
+config_with = default_config_with
 
 
 def plans(replicates=None, edit=None):

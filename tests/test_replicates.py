@@ -25,7 +25,7 @@ from linepo.workflow.evalplan import describe as describe_evaluation
 from linepo.workflow.plan import build_plan, describe
 from linepo.workflow.preflight import fixed_outputs
 from linepo.workflow.wiring import Wiring, node_seed
-from workflow_utils import REPO, default_realisation
+from workflow_utils import REPO, default_config_with, default_realisation
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 BASE = default_realisation()  # each test sets its own replicates
@@ -39,13 +39,7 @@ def test_the_default_runs_at_least_two_independent_replicates():
     assert set(section["vary"]) == {"sft", "sampling", "judging"}
 
 
-def config_with(replicates=None, edit=None) -> dict:
-    config = copy.deepcopy(BASE)
-    if replicates is not None:
-        config["replicates"] = replicates
-    if edit:
-        edit(config)
-    return validate_config(config)
+config_with = default_config_with
 
 
 def plan_with(replicates=None, edit=None):

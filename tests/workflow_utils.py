@@ -33,6 +33,18 @@ def default_realisation() -> dict:
     return config
 
 
+def default_config_with(replicates=None, edit=None) -> dict:
+    """The validated :func:`default_realisation` with ``replicates`` set and ``edit(config)`` applied."""
+    from linepo.workflow.config import validate_config
+
+    config = default_realisation()
+    if replicates is not None:
+        config["replicates"] = replicates
+    if edit:
+        edit(config)
+    return validate_config(config)
+
+
 def tiny_config(**sections) -> dict:
     """A deep copy of :data:`TINY_BASE` with whole top-level ``sections`` replaced or added."""
     return {**yaml.safe_load(yaml.safe_dump(TINY_BASE)), **sections}
