@@ -10,6 +10,15 @@ and the tabular games (its sample-based and exact-gradient twins, ``linepo game`
 Reference rules: ``fixed`` — π_ref is the start policy (the SFT policy in the workflow);
 ``current`` — π_ref is the policy being updated (mirror descent: iterative IPO, SPPO);
 ``moving`` — π_ref moves to the current policy at chosen rounds (LINE-PO, paper Algorithm 1).
+
+Schedules (:mod:`linepo.workflow.schedules`, where each is written out): ``single`` — one fit
+per step, sampling from the current policy; ``extragradient`` — Mirror-Prox (Appendix H), a
+half step π^{t+½} = Prox(π^t, η P(·≻π^t)) then π^{t+1} = Prox(π^t, η P(·≻π^{t+½})), each a fresh
+sampling and an IPO fit against π^t; ``optimistic`` — OMWU (Appendix H), the same but the half
+step re-scores the previous step's pairs (from π^{t−½}) instead of sampling again (π^{−½} := π^0).
+Their runs' iterates are the full steps π^{t+1}. The exact twin ``omwu``
+(:func:`linepo.games.game.optimistic_mwu`) iterates the single-sequence form, whose iterates are
+this two-sequence form's half steps; ``mirror_prox``'s iterates are its full steps.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REFERENCE_RULES = ("fixed", "current", "moving")
+SCHEDULES = ("single", "extragradient", "optimistic")  # linepo.workflow.schedules
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,7 @@ class Algorithm:
     sampled: str | None = None  #: its sample-based tabular twin (linepo game --algorithm)
     exact: str | None = None  #: its exact-gradient tabular twin
     doc: str = ""
+    schedule: str = "single"  #: single | extragradient | optimistic (see the module doc); iterative only
 
     @property
     def iterative(self) -> bool:
@@ -50,6 +61,11 @@ REGISTRY = (
               doc="INPO (Algorithm 4): converges to the KL-regularised game's equilibrium"),
     Algorithm("linepo", "LINE-PO", "inpo", "moving", False, params=("eta_tau",), sampled="linepo_sampled",
               exact="linepo", doc="LINE-PO (Algorithm 3): INPO whose reference moves; converges to the Nash policy"),
+    Algorithm("mirror_prox", "Mirror-Prox", "ipo", "current", False, exact="mirror_prox", schedule="extragradient",
+              doc="Mirror-Prox (Appendix H): an IPO extrapolation step from π^t, then the IPO update from π^t "
+                  "on pairs of the extrapolated policy"),
+    Algorithm("omwu", "OMWU", "ipo", "current", False, exact="omwu", schedule="optimistic",
+              doc="optimistic MWU (Appendix H): Mirror-Prox whose half step reuses the previous step's pairs"),
 )
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in REGISTRY}

@@ -255,7 +255,7 @@ rule train:
 
 rule run_steps:
     input:
-        lambda wc: [PLAN.policy_dir(step.policy) for step in WIRING.steps(wc.run, wc.replicate)],
+        lambda wc: [PLAN.policy_dir(step.policy) for step in PLAN.training_steps(wc.run, int(wc.replicate))],
     output:
         PATHS["steps"],
     params:

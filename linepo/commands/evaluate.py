@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     steps = subparsers.add_parser(
         "run-steps", help="write a run's schedule as a readable table",
         description="linepo run-steps: write a run's schedule (from the workflow plan) as a TSV: one row per "
-        "step with its round, split, whether the reference moved, its policy and its reference.")
+        "step with its round, split, whether the reference moved, its policy and its reference; a Mirror-Prox or "
+        "OMWU run also has its half steps, with columns half and sampler.")
     steps.add_argument("--steps", required=True, help="JSON list of steps (from the workflow plan)")
     steps.add_argument("--out", required=True)
     steps.set_defaults(func=run_steps)
@@ -74,6 +75,9 @@ def run_steps(args) -> int:
     steps = json.loads(args.steps)
     lines = ["round\tsplit\treference_moved\tpolicy\treference"]
     lines += [f"{s['round']}\t{s['split']}\t{s['reference_moved']}\t{s['policy']}\t{s['reference']}" for s in steps]
+    if steps and "half" in steps[0]:  # a two-step schedule (linepo.workflow.schedules): which rows are half steps
+        lines = [line + extra for line, extra in
+                 zip(lines, ["\thalf\tsampler"] + [f"\t{s['half']}\t{s['sampler']}" for s in steps])]
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     return 0

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
         "exploitability of the trained policy, of the target and of the exact analogue trajectory.",
         epilog=lambda: judge_config_keys(types=("synthetic",)))
     run.add_argument("--spec", required=True, help="JSON: run, algorithm, iterates (policy folders: SFT, then "
-                     "one per step) and steps (step, round, split, loss, eta, eta_tau, reference iterate)")
+                     "one per step) and steps (step, round, split, loss, eta, eta_tau, reference iterate; optional sampler "
+                     "iterate, default the previous one)")
     run.add_argument("--prompts", required=True, help="a prompts parquet file (the eval prompts)")
     run.add_argument("--judge-config", default='{"type": "synthetic"}', help="inline JSON or a JSON/YAML file")
     run.add_argument("--dtype", choices=DTYPES, default="auto")

@@ -7,7 +7,8 @@ k → k+1 of a run this module computes, per eval prompt x:
 
 - *measured* distributions over the categories of the oracle's augmented game (its own
   categories and ``unmatched``, which loses to every category): μ_k(·|x) of the step's
-  sampler (its parent policy), π_ref(·|x) of its reference and μ_{k+1}(·|x) of the policy it
+  sampler (the policy that sampled its pairs: its parent, except in Mirror-Prox's and OMWU's
+  steps, :mod:`linepo.workflow.schedules`), π_ref(·|x) of its reference and μ_{k+1}(·|x) of the policy it
   trained. All are read on the *eval* prompts, exactly as the exploitability report reads
   them; entries below :data:`FLOOR` (float32 noise) are raised to it and rows renormalised;
 - the step's exact **target** T(·|x) from the measured μ_k and π_ref (:func:`prox_target`);
@@ -25,7 +26,8 @@ size, ητ INPO's ``eta_tau``; pairs y, y' drawn from μ_k ⊗ μ_k and labelled
 - ``inpo`` (INPO, LINE-PO): T ∝ π_ref^{ητ} μ_k^{1−ητ} exp(η P μ_k) =
   :func:`linepo.games.game.regularized_step` with τ = ητ/η, the exact minimiser of the INPO
   loss over all policies (Appendix F);
-- ``ipo`` (one-pass IPO: π_ref = μ_k = SFT; iterative IPO: π_ref = μ_k): T ∝ π_ref exp(η P μ_k)
+- ``ipo`` (one-pass IPO: π_ref = μ_k = SFT; iterative IPO: π_ref = μ_k; Mirror-Prox and OMWU:
+  π_ref = π^t, μ_k the half or full step's sampler): T ∝ π_ref exp(η P μ_k)
   = Prox(π_ref, η P(·≻μ_k)), the exact minimiser of the IPO loss (Azar et al.); with
   π_ref = μ_k it is the mirror-descent step of :func:`linepo.games.game.mirror_descent`;
 - ``sppo``: the same T = Prox(μ_k, η P(·≻μ_k)) — the step SPPO approximates (its exact twin
@@ -96,7 +98,9 @@ RUN_COLUMNS = ("run", "algorithm", "steps", "median_kl_to_target", "max_kl_to_ta
 @dataclass(frozen=True)
 class StepSpec:
     """One training step of a run, as the targets need it. Iterate 0 is the SFT policy and
-    iterate k the policy after step k; the step's sampler is iterate ``step − 1``."""
+    iterate k the policy after step k; the step's sampler μ_k is iterate ``sampler``, by
+    default ``step − 1`` (a two-step schedule's spec names it: Mirror-Prox's and OMWU's
+    targets are Prox(π_ref, η P(·≻sampler)), whichever iterate the fit started from)."""
 
     step: int  #: 1-based
     round: int
@@ -105,6 +109,12 @@ class StepSpec:
     eta: float  #: the step size η
     eta_tau: float | None  #: INPO's ητ (loss inpo only)
     reference: int  #: the iterate that is this step's π_ref (0 ≤ reference < step)
+    sampler: int | None = None  #: the iterate that sampled its pairs (0 ≤ sampler < step); None: step − 1
+
+    @property
+    def mu(self) -> int:
+        """The index of the step's sampler μ_k."""
+        return self.step - 1 if self.sampler is None else self.sampler
 
 
 def steps_from_spec(steps: list) -> list[StepSpec]:
@@ -121,7 +131,7 @@ def steps_from_spec(steps: list) -> list[StepSpec]:
         try:
             spec = StepSpec(int(item["step"]), int(item["round"]), str(item["split"]), str(item["loss"]),
                             float(item["eta"]), None if item.get("eta_tau") is None else float(item["eta_tau"]),
-                            int(item["reference"]))
+                            int(item["reference"]), None if item.get("sampler") is None else int(item["sampler"]))
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"steps[{k - 1}]: needs step, round, split, loss, eta and reference ({err})") from None
         if spec.step != k:
@@ -129,6 +139,8 @@ def steps_from_spec(steps: list) -> list[StepSpec]:
         check_parameters(spec.loss, spec.eta, spec.eta_tau, f"steps[{k - 1}]")
         if not 0 <= spec.reference < k:
             raise InputError(f"steps[{k - 1}]: reference {spec.reference} is not an earlier iterate (0..{k - 1})")
+        if not 0 <= spec.mu < k:
+            raise InputError(f"steps[{k - 1}]: sampler {spec.mu} is not an earlier iterate (0..{k - 1})")
         out.append(spec)
     return out
 
@@ -265,11 +277,11 @@ def exploitability(matrix, dists) -> float:
 
 def analogue_trajectory(matrix, start, steps: list[StepSpec]) -> list[np.ndarray]:
     """The exact analogue: iterates 0..K per prompt, iterate 0 = ``start`` (the measured SFT
-    distributions), iterate k = the target of step k from iterate k − 1 and the iterate the
-    step names as its reference."""
+    distributions), iterate k = the target of step k from its sampler (iterate k − 1 unless
+    the step names another) and the iterate the step names as its reference."""
     iterates = [np.asarray(start, dtype=float)]
     for spec in steps:  # floored like the measured iterates: a mass below FLOOR is not measurable
-        iterates.append(floored(prox_targets(spec.loss, matrix, iterates[spec.step - 1], iterates[spec.reference],
+        iterates.append(floored(prox_targets(spec.loss, matrix, iterates[spec.mu], iterates[spec.reference],
                                              eta=spec.eta, eta_tau=spec.eta_tau)))
     return iterates
 
@@ -295,7 +307,7 @@ def fidelity_rows(matrix, measured: list, steps: list[StepSpec], *, run: str = "
     start = exploitability(matrix, measured[0])
     rows = []
     for spec in steps:
-        trained, mu, reference = measured[spec.step], measured[spec.step - 1], measured[spec.reference]
+        trained, mu, reference = measured[spec.step], measured[spec.mu], measured[spec.reference]
         target = prox_targets(spec.loss, matrix, mu, reference, eta=spec.eta, eta_tau=spec.eta_tau)
         kl = kl_per_prompt(trained, target)
         rows.append({

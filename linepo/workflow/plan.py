@@ -12,6 +12,10 @@ One step k of a run, in round r on prompt split s (Algorithm 4, one iteration):
                                                                                          │
     μ_k ──────────────────────────────────train(loss, η, ητ)──────────────────────────────▶ μ_{k+1}
 
+That is the ``single`` schedule, whose sampler and parent are the current policy μ_k; Mirror-Prox
+and OMWU (Appendix H) fit twice per step, a half step π^{t+½} then π^{t+1}, with other samplers
+and parents (:mod:`linepo.workflow.schedules`); every ``Step`` names its sampler and parent.
+
 Replicates (:mod:`linepo.workflow.replicates`) are the same schedules again, with the replicate
 number in the recipes of the stages they vary: ``Plan.replicates`` holds every replicate's runs,
 ``Plan.sfts`` their SFT policies; ``Plan.runs`` and ``Plan.sft`` are replicate 0's, whose ids are
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from linepo.algorithms import ALGORITHMS
 from linepo.workflow.replicates import FOLDER, recipe_tags
 from linepo.workflow.replicates import describe as describe_replicates
+from linepo.workflow.schedules import Step, iterative_schedule, training_steps
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
@@ -99,19 +104,6 @@ class ScoredNode:
 
 
 @dataclass
-class Step:
-    """One position of a run's schedule, for tables and readable names."""
-
-    run: str
-    round: int
-    split: str
-    policy: str  # the policy *after* this step
-    reference: str
-    reference_moved: bool
-    replicate: int = 0
-
-
-@dataclass
 class Plan:
     sft: str
     prompts: str
@@ -127,6 +119,7 @@ class Plan:
     replicates: dict = field(default_factory=dict)  # replicate -> run -> list[Step]; [0] is runs
     sfts: dict = field(default_factory=dict)  # replicate -> its SFT policy id (one id when sft does not vary)
     vary: tuple = ()  # what differs between replicates (replicates.vary); () with one replicate
+    algorithms: dict = field(default_factory=dict)  # run -> its algorithm's name
 
     # ---------------------------------------------------------------- paths
     #: Every file a node writes, by kind; the rules' output patterns (wildcards in braces) and
@@ -212,6 +205,10 @@ class Plan:
         settings = {key: value for key, value in step.items() if key not in ("training", "validation")}
         return {**settings, **step["training"], **step.get("validation", {})}
 
+    def training_steps(self, run: str, replicate: int = 0) -> list[Step]:
+        """Every trained policy of a run: its steps, each two-step schedule's half step before its step."""
+        return training_steps(self.replicates.get(replicate, self.runs)[run])
+
     def final_policy(self, run: str, replicate: int = 0) -> str:
         return self.replicates.get(replicate, self.runs)[run][-1].policy
 
@@ -284,14 +281,16 @@ def build_plan(config: dict) -> Plan:
         return scored_id
 
     def train(parent: str, reference: str, scored_id: str, settings: dict, round_: int, split: str,
-              tags: dict) -> str:
+              tags: dict, sampler: str | None = None) -> str:
+        sampler = sampler or parent
         recipe = {"parent": parent, "reference": reference, "scored": scored_id, **settings, **runtime}
         validation = ()
         if validating:
-            # Held-out pairs sampled by the policy being updated (its own nodes, shared by every
-            # run that reaches this step), scored against this step's reference and anchor.
-            pref_id = data_for(parent, round_, VALIDATION_SPLIT, tags)
-            validation = (scored_for([pref_id], reference, parent, round_, VALIDATION_SPLIT),)
+            # Held-out pairs sampled by the step's sampler (the parent, except in OMWU's half
+            # steps; its own nodes, shared by every run that reaches this step), scored against
+            # this step's reference and anchor: the same objective as the step's training pairs.
+            pref_id = data_for(sampler, round_, VALIDATION_SPLIT, tags)
+            validation = (scored_for([pref_id], reference, sampler, round_, VALIDATION_SPLIT),)
             settings = {**settings, "validation": selection}
             recipe.update(validation=validation[0], selection=selection)
         policy_id = recipe_id("train", recipe)
@@ -301,29 +300,19 @@ def build_plan(config: dict) -> Plan:
 
     def schedule(run_name: str, run: dict, sft_id: str, replicate: int, tags: dict) -> list[Step]:
         algorithm = ALGORITHMS[run["algorithm"]]
-        loss, reference_rule = algorithm.loss, algorithm.reference
-        steps = []
+        plan.algorithms[run_name] = algorithm.name
         if algorithm.one_pass:
-            settings = _step_settings(config, run, loss, round_=1)
+            settings = _step_settings(config, run, algorithm.loss, round_=1)
             pref_ids = [data_for(sft_id, 1, s, tags) for s in range(plan.num_splits)]
             scored_id = scored_for(pref_ids, sft_id, sft_id, 1, "all")
             policy_id = train(sft_id, sft_id, scored_id, settings, 1, "all", tags)
-            return [Step(run_name, 1, "all", policy_id, sft_id, False, replicate)]
-        current, reference = sft_id, sft_id
-        moves = run["reference_moves"]
-        for round_ in range(1, run["rounds"] + 1):
-            moved = reference_rule == "moving" and round_ > 1 and (moves == "every_round" or round_ in moves)
-            if moved:
-                reference = current
-            settings = _step_settings(config, run, loss, round_)
-            for split in range(plan.num_splits):
-                step_reference = current if reference_rule == "current" else reference
-                pref_id = data_for(current, round_, split, tags)
-                scored_id = scored_for([pref_id], step_reference, current, round_, str(split))
-                current = train(current, step_reference, scored_id, settings, round_, str(split), tags)
-                steps.append(Step(run_name, round_, str(split), current, step_reference, moved and split == 0,
-                                  replicate))
-        return steps
+            return [Step(run_name, 1, "all", policy_id, sft_id, False, replicate, sampler=sft_id, parent=sft_id)]
+        return iterative_schedule(
+            algorithm.schedule, run_name, run, sft_id, replicate, reference_rule=algorithm.reference,
+            num_splits=plan.num_splits, settings_for=lambda round_: _step_settings(config, run, algorithm.loss, round_),
+            data_for=lambda policy, round_, split: data_for(policy, round_, split, tags), scored_for=scored_for,
+            train=lambda parent, reference, scored, settings, round_, split, sampler: train(
+                parent, reference, scored, settings, round_, split, tags, sampler))
 
     for replicate in range(replicates["count"]):
         tags = recipe_tags(replicates, replicate)
@@ -371,5 +360,8 @@ def describe(plan: Plan) -> str:
     for replicate, runs in (plan.replicates or {0: plan.runs}).items():
         where = f" (replicate {replicate})" if plan.replicate_count > 1 else ""
         for run, steps in runs.items():
-            lines.append(f"run {run}{where}: {len(steps)} steps, final {plan.policy_dir(steps[-1].policy)}")
+            kind = ALGORITHMS[plan.algorithms[run]].schedule if run in plan.algorithms else "single"
+            two = f" ({kind} schedule: a half step before each, {2 * len(steps)} trained policies)" \
+                if kind != "single" else ""
+            lines.append(f"run {run}{where}: {len(steps)} steps{two}, final {plan.policy_dir(steps[-1].policy)}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from linepo.algorithms import ALGORITHMS
 from linepo.stages.parallel import shard_count
 from linepo.workflow.evalplan import EvalPlan, build_eval_plan, summary_path
 from linepo.workflow.plan import Plan, build_plan
@@ -165,17 +166,31 @@ class Wiring:
 
     # -- per-run outputs, one per replicate (results/runs/<run>/replicate-<r>/)
     def steps(self, run: str, replicate=0) -> list:
-        """A run's steps in one replicate (``replicate``: an int, or a wildcard's string)."""
+        """A run's steps in one replicate (``replicate``: an int, or a wildcard's string): its
+        iterates (a two-step schedule's full steps; :meth:`steps_json` lists the half steps too)."""
         return self.plan.replicates[int(replicate)][run]
 
     def steps_json(self, run: str, replicate=0) -> str:
-        """A run's schedule for ``linepo run-steps`` (results/runs/<run>/replicate-<r>/steps.tsv)."""
+        """A run's schedule for ``linepo run-steps`` (results/runs/<run>/replicate-<r>/steps.tsv).
+
+        A run of a two-step schedule (Mirror-Prox, OMWU: :mod:`linepo.workflow.schedules`) lists
+        every training step, each half step before its step, with ``half`` and ``sampler``; other
+        runs' lists are as they always were (the rule's params unchanged: nothing reruns)."""
         plan = self.plan
-        return json.dumps([
-            {"round": s.round, "split": s.split, "policy": plan.policy_dir(s.policy),
-             "reference": plan.policy_dir(s.reference), "reference_moved": s.reference_moved}
-            for s in self.steps(run, replicate)
-        ])
+        rows = []
+        for s in self._training_steps(run, replicate):
+            row = {"round": s.round, "split": s.split, "policy": plan.policy_dir(s.policy),
+                   "reference": plan.policy_dir(s.reference), "reference_moved": s.reference_moved}
+            if self._two_step(run):
+                row.update(half=s.is_half, sampler=plan.policy_dir(s.sampler))
+            rows.append(row)
+        return json.dumps(rows)
+
+    def _two_step(self, run: str) -> bool:
+        return ALGORITHMS[self.config["runs"][run]["algorithm"]].schedule != "single"
+
+    def _training_steps(self, run: str, replicate) -> list:
+        return self.plan.training_steps(run, int(replicate))
 
     def run_outputs(self, digest) -> dict[str, str]:
         """Every replicate's steps.tsv with ``digest`` of its schedule (linepo.workflow.preflight)."""
@@ -198,22 +213,28 @@ class Wiring:
         return list(self.plan.runs) if exact else []
 
     def prox_fidelity_iterates(self, run: str, replicate=0) -> list[str]:
-        """A run's iterates in one replicate as policy folders: its SFT, then the policy after each step."""
+        """A run's trained policies in one replicate as policy folders: its SFT, then the policy
+        after each training step (a two-step schedule's half steps included)."""
         return [self.plan.policy_dir(p) for p in self._iterates(run, replicate)]
 
     def _iterates(self, run: str, replicate) -> list[str]:
-        return [self.plan.sfts[int(replicate)]] + [s.policy for s in self.steps(run, replicate)]
+        return [self.plan.sfts[int(replicate)]] + [s.policy for s in self._training_steps(run, replicate)]
 
     def prox_fidelity_spec(self, run: str, replicate=0) -> str:
-        """``linepo prox-fidelity --spec``: the run's iterates and, per step, its loss, η (ητ) and
-        which iterate is its reference (0 = SFT; the sampler of step k is iterate k − 1)."""
+        """``linepo prox-fidelity --spec``: the run's iterates and, per training step, its loss, η
+        (ητ) and which iterate is its reference (0 = SFT). The sampler of step k is iterate k − 1,
+        except in a two-step schedule, whose steps name it (``sampler``: an IPO step's target is
+        Prox(π_ref, η P(·≻sampler)), whatever its parent) and say which are half steps."""
         plan = self.plan
         index = {policy: i for i, policy in enumerate(self._iterates(run, replicate))}
         steps = []
-        for k, step in enumerate(self.steps(run, replicate), start=1):
+        for k, step in enumerate(self._training_steps(run, replicate), start=1):
             train = plan.policies[step.policy].train
-            steps.append({"step": k, "round": step.round, "split": step.split, "loss": train["loss"],
-                          "eta": train["eta"], "eta_tau": train.get("eta_tau"), "reference": index[step.reference]})
+            entry = {"step": k, "round": step.round, "split": step.split, "loss": train["loss"],
+                     "eta": train["eta"], "eta_tau": train.get("eta_tau"), "reference": index[step.reference]}
+            if self._two_step(run):
+                entry.update(sampler=index[step.sampler], half=step.is_half)
+            steps.append(entry)
         return json.dumps({"run": run, "algorithm": self.config["runs"][run]["algorithm"],
                            "iterates": self.prox_fidelity_iterates(run, replicate), "steps": steps}, sort_keys=True)
 
