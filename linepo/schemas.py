@@ -348,7 +348,10 @@ OTHER_ARTEFACTS = [
      "as mean ± SE, `per_replicate` values"),
     ("results/summary/evaluation.tsv", "TSV",
      "per checkpoint: Avg and worst win rate (robust alignment; nan when a cell of its row is missing), "
-     "missing_cells, the same for the hard win rate, comparisons judged and failed in its row, mean tokens, "
+     "missing_cells, the same for the hard win rate, comparisons judged and failed in its row, the checkpoints' "
+     "meta-game (`meta_nash`: its mass in the maximum-entropy Nash of the win-rate matrix; `pool_exploitability`: "
+     "the best win rate any checkpoint has against it − ½; `nash_averaged`: its margin against that Nash mixture; "
+     "empty when a cell is missing), mean tokens, "
      "exploitability and category mix (synthetic oracle); with replicates each number's mean, `<number>_se` over "
      "replicates, `replicates`, counts summed, the category mix as mean ± SE, no policy column"),
 ]
