@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from warm_jobs import REPO, job_times, run_workflow, workflow_with_config  # noqa: E402
 
+from linepo.workflow.replicates import replicates_shorthand  # noqa: E402
+
 #: the last commit whose default ran one replicate (before the replicates issue's switch)
 BASELINE_REVISION = "c357fe2"
 
@@ -53,8 +55,9 @@ def main() -> None:
         baseline_jobs = sum(map(len, job_times(baseline_dir).values()))
         candidate_jobs = sum(map(len, job_times(candidate_dir).values()))
         table = (candidate_dir / "results/summary/exploitability.tsv").read_text()
-    replicates = candidate.get("replicates", 1)
-    count = replicates.get("count", 1) if isinstance(replicates, dict) else replicates
+    shorthand = {"replicates": candidate.get("replicates")}
+    replicates_shorthand(shorthand)  # the config's own reading of `replicates: N`
+    count = shorthand.get("replicates", {}).get("count", 1)
     print(f"baseline  {args.baseline}:config.yaml, 1 replicate, cold: {baseline_jobs} jobs, {baseline_seconds:7.1f} s")
     print(f"default   config.yaml, {count} replicates, warm:   {candidate_jobs} jobs, {candidate_seconds:7.1f} s")
     print(f"default / baseline: {candidate_seconds / baseline_seconds:.2f} (goal <= 1.00)")
