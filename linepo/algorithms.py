@@ -11,14 +11,25 @@ Reference rules: ``fixed`` — π_ref is the start policy (the SFT policy in the
 ``current`` — π_ref is the policy being updated (mirror descent: iterative IPO, SPPO);
 ``moving`` — π_ref moves to the current policy at chosen rounds (LINE-PO, paper Algorithm 1).
 
+Movable references (``Algorithm.movable``): a run of a ``fixed``-reference iterative solver
+may also name ``reference_moves`` (then π_ref := the current policy at the start of those
+rounds, LINE-PO's move): INPO + moves *is* LINE-PO's computation, node for node; MNPO and EGPO
++ moves are their outer-loop (Nash-Prox, arXiv 2505.19731) versions. LINE-PO moves every round
+unless told otherwise; the others never unless told. ``current``-reference solvers (their
+reference already is the current policy or prox centre) and one-pass runs have nothing to move.
+
 Schedules (:mod:`linepo.workflow.schedules`, where each is written out): ``single`` — one fit
 per step, sampling from the current policy; ``extragradient`` — Mirror-Prox (Appendix H), a
 half step π^{t+½} = Prox(π^t, η P(·≻π^t)) then π^{t+1} = Prox(π^t, η P(·≻π^{t+½})), each a fresh
-sampling and an IPO fit against π^t; ``optimistic`` — OMWU (Appendix H), the same but the half
+sampling and an IPO fit against π^t (EGPO: the same with INPO-type fits against the fixed
+reference, centred at π^t); ``optimistic`` — OMWU (Appendix H), the same but the half
 step re-scores the previous step's pairs (from π^{t−½}) instead of sampling again (π^{−½} := π^0).
 Their runs' iterates are the full steps π^{t+1}. The exact twin ``omwu``
 (:func:`linepo.games.game.optimistic_mwu`) iterates the single-sequence form, whose iterates are
 this two-sequence form's half steps; ``mirror_prox``'s iterates are its full steps.
+``mixture`` — MNPO: a ``single`` step whose INPO anchor is a weighted mixture of past iterates
+(run parameters ``window``, ``weights``); ``omd`` — ONPO, two IPO fits per step on the same
+pairs from π^t, π′_{t+1} against π′_t, then π_{t+1} against π′_{t+1}.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REFERENCE_RULES = ("fixed", "current", "moving")
-SCHEDULES = ("single", "extragradient", "optimistic")  # linepo.workflow.schedules
+SCHEDULES = ("single", "extragradient", "optimistic", "mixture", "omd")  # linepo.workflow.schedules
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,8 @@ class Algorithm:
     sampled: str | None = None  #: its sample-based tabular twin (linepo game --algorithm)
     exact: str | None = None  #: its exact-gradient tabular twin
     doc: str = ""
-    schedule: str = "single"  #: single | extragradient | optimistic (see the module doc); iterative only
+    schedule: str = "single"  #: one of SCHEDULES (see the module doc); iterative only
+    movable: bool = False  #: its fixed reference may move at named rounds (``reference_moves``)
 
     @property
     def iterative(self) -> bool:
@@ -58,14 +70,22 @@ REGISTRY = (
     Algorithm("sppo", "SPPO", "sppo", "current", False, sampled="sppo", exact="md",
               doc="SPPO: mirror descent with a fixed log-partition η/2"),
     Algorithm("inpo", "INPO", "inpo", "fixed", False, params=("eta_tau",), sampled="inpo_sampled", exact="inpo",
-              doc="INPO (Algorithm 4): converges to the KL-regularised game's equilibrium"),
+              movable=True, doc="INPO (Algorithm 4): converges to the KL-regularised game's equilibrium"),
     Algorithm("linepo", "LINE-PO", "inpo", "moving", False, params=("eta_tau",), sampled="linepo_sampled",
-              exact="linepo", doc="LINE-PO (Algorithm 3): INPO whose reference moves; converges to the Nash policy"),
+              exact="linepo", movable=True,
+              doc="LINE-PO (Algorithm 3): INPO whose reference moves; converges to the Nash policy"),
     Algorithm("mirror_prox", "Mirror-Prox", "ipo", "current", False, exact="mirror_prox", schedule="extragradient",
               doc="Mirror-Prox (Appendix H): an IPO extrapolation step from π^t, then the IPO update from π^t "
                   "on pairs of the extrapolated policy"),
     Algorithm("omwu", "OMWU", "ipo", "current", False, exact="omwu", schedule="optimistic",
               doc="optimistic MWU (Appendix H): Mirror-Prox whose half step reuses the previous step's pairs"),
+    Algorithm("mnpo", "MNPO", "inpo", "fixed", False, params=("eta_tau", "window", "weights"), exact="mnpo",
+              schedule="mixture", movable=True,
+              doc="MNPO (arXiv 2509.23102): INPO whose anchor is a weighted mixture of the last `window` iterates"),
+    Algorithm("onpo", "ONPO", "ipo", "current", False, exact="onpo", schedule="omd",
+              doc="ONPO (arXiv 2502.16852): optimistic OMD, two IPO fits per step on pairs of π_t"),
+    Algorithm("egpo", "EGPO", "inpo", "fixed", False, params=("eta_tau",), exact="egpo", schedule="extragradient",
+              movable=True, doc="EGPO (COLM 2025): extragradient on the KL-regularised game, INPO-type fits"),
 )
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in REGISTRY}

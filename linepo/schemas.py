@@ -94,8 +94,10 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool, str]]] = {
         ("label_probability", pa.float64(), False, "P(chosen ≻ rejected) the loss is fitted to (1.0: hard label)"),
         ("reference_chosen_logp", pa.float64(), False, "log π_ref(y+|x), summed over response tokens"),
         ("reference_rejected_logp", pa.float64(), False, "log π_ref(y-|x), summed over response tokens"),
-        ("anchor_chosen_logp", pa.float64(), False, "log μ_k(y+|x) under the policy that sampled the pair (INPO)"),
-        ("anchor_rejected_logp", pa.float64(), False, "log μ_k(y-|x) under the policy that sampled the pair (INPO)"),
+        ("anchor_chosen_logp", pa.float64(), False, "log μ_k(y+|x) under the policy that sampled the pair (INPO; "
+         "EGPO's full step: the prox centre π^t; MNPO: Σ_j λ_j log π_{t−j}(y+|x), metadata scoring.mixture)"),
+        ("anchor_rejected_logp", pa.float64(), False, "log μ_k(y-|x) under the policy that sampled the pair (INPO; "
+         "EGPO's full step: π^t; MNPO: the mixture)"),
     ],
     # Evaluation: one checkpoint pair judged on every (prompt, sample), both orders.
     "comparisons": [

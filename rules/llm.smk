@@ -220,6 +220,34 @@ rule score:
         "--out {output} > {log} 2>&1"
 
 
+# MNPO's scored nodes (linepo.workflow.schedules, "mixture"): the anchor is a weighted sum of
+# past iterates' log-probs; a rule of its own, so rule score's jobs and params are unchanged.
+rule score_mixture:
+    input:
+        prefs=lambda wc: [PLAN.prefs_path(p) for p in checked(PLAN.scored, wc.scored, wc).prefs],
+        reference=lambda wc: PLAN.policy_inputs(PLAN.scored[wc.scored].reference),
+        anchors=lambda wc: [f for p, _ in PLAN.scored[wc.scored].mixture for f in PLAN.policy_inputs(p)],
+    output:
+        PATHS["scored_mixture"],
+    params:
+        reference=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].reference),
+        anchor=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].anchor),
+        mixture=lambda wc: PLAN.mixture_flags(wc.scored),
+        scoring=config["scoring"],
+        runtime=RUNTIME,
+    log:
+        "logs/scored/r{round}/s{split}/{scored}-mixture.log",
+    benchmark:
+        "benchmarks/scored/r{round}/s{split}/{scored}-mixture.tsv"
+    threads: 1
+    resources:
+        **RESOURCES["score"],
+    shell:
+        "linepo score --preferences {input.prefs} --reference {params.reference:q} --anchor {params.anchor:q} "
+        "{params.mixture} --batch-size {params.scoring[batch_size]} --max-length {params.scoring[max_length]} "
+        "{params.runtime} --out {output} > {log} 2>&1"
+
+
 rule train:
     input:
         parent=lambda wc: PLAN.policy_inputs(checked(PLAN.policies, wc.policy, wc).parent),

@@ -27,6 +27,8 @@ def every_algorithm_config() -> dict:
         run = {"algorithm": a.name, "eta": 4.0, "rounds": 1 if a.one_pass else 2}
         if "eta_tau" in a.params:
             run["eta_tau"] = 0.6
+        if "window" in a.params:
+            run["window"] = 2
         config["runs"][a.name] = run
     config["evaluation"]["checkpoints"] = {}
     return validate_config(config)
@@ -55,7 +57,10 @@ def test_the_plan_schedules_each_algorithm_as_its_record_says():
             node = plan.policies[step.policy]
             assert node.train["loss"] == a.loss
             previous = plan.sft if k == 0 else steps[k - 1].policy
-            if a.reference == "current":
+            if a.schedule == "omd":  # ONPO: against the auxiliary sequence π′ (tests/test_llm_peers.py)
+                assert step.reference == step.half.policy and step.half.reference == (
+                    plan.sft if k == 0 else steps[k - 1].half.policy)
+            elif a.reference == "current":
                 assert step.reference == previous
             elif a.reference == "fixed":
                 assert step.reference == plan.sft
@@ -76,8 +81,10 @@ def test_evaluation_labels_and_table_order_come_from_the_registry():
     ({"algorithm": "iter_ipo", "eta": 4.0, "rounds": 2, "round_overrides": {"2": {"eta_tau": 0.5}}},
      "runs.r.round_overrides.2.eta_tau: algorithm iter_ipo takes no eta_tau"),
     ({"algorithm": "dpo", "eta": 4.0, "rounds": 2}, "runs.r.rounds: dpo is one pass"),
-    ({"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.5, "rounds": 3, "reference_moves": [2]},
-     "runs.r.reference_moves: algorithm inpo does not move its reference"),
+    ({"algorithm": "iter_ipo", "eta": 4.0, "rounds": 3, "reference_moves": [2]},
+     "runs.r.reference_moves: algorithm iter_ipo does not move its reference"),
+    ({"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.5, "rounds": 3, "reference_moves": [4]},
+     "runs.r.reference_moves: round 4 is beyond the last round"),
     ({"algorithm": "telepathy", "eta": 4.0}, "runs.r.algorithm"),
 ])
 def test_a_run_is_checked_against_its_algorithm_record(run, key):

@@ -78,6 +78,8 @@ def run_steps(args) -> int:
     if steps and "half" in steps[0]:  # a two-step schedule (linepo.workflow.schedules): which rows are half steps
         lines = [line + extra for line, extra in
                  zip(lines, ["\thalf\tsampler"] + [f"\t{s['half']}\t{s['sampler']}" for s in steps])]
+    if steps and "anchor" in steps[0]:  # MNPO, ONPO, EGPO: the anchor (MNPO: a mixture) of each step
+        lines = [line + extra for line, extra in zip(lines, ["\tanchor"] + [f"\t{s['anchor']}" for s in steps])]
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     return 0

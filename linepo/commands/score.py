@@ -28,6 +28,8 @@ def register(subparsers) -> None:
                         help="preferences parquet file(s), concatenated in the given order")
     parser.add_argument("--reference", required=True, help="π_ref: policy folder or hub id")
     parser.add_argument("--anchor", required=True, help="μ_k, the policy that sampled the pairs (INPO's anchor)")
+    parser.add_argument("--mixture", nargs="+", metavar="WEIGHT=FOLDER", default=(),
+                        help="MNPO: the anchor log-probs are Σ weight·log π(y) over these policies")
     parser.add_argument("--out", required=True, type=Path, help="the scored parquet file to write")
     add_arguments(parser.add_argument_group("scoring settings"), ScoringSettings)
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype; default %(default)s")
@@ -48,8 +50,24 @@ def run(args) -> int:
     stats = score_preferences(args.preferences, args.out, reference=args.reference, anchor=args.anchor,
                               batch_size=settings.batch_size, max_length=settings.max_length, dtype=args.dtype,
                               trust_remote_code=args.trust_remote_code,
-                              allow_pickle_weights=args.allow_pickle_weights)
+                              allow_pickle_weights=args.allow_pickle_weights, mixture=parse_mixture(args.mixture))
     print(f"linepo score: wrote {args.out}: {stats['pairs']} pairs, {stats['models_run']} model(s), "
           f"{stats['pairs_per_s']} pairs/s, {stats['tokens_per_s']} tokens/s", file=sys.stderr)
     print(json.dumps(stats, sort_keys=True))
     return 0
+
+
+def parse_mixture(items) -> list[tuple[str, float]]:
+    """``--mixture 0.5=folder ...`` as ``[(folder, 0.5), ...]``."""
+    from linepo.errors import InputError
+
+    out = []
+    for item in items:
+        weight, sep, folder = item.partition("=")
+        try:
+            out.append((folder, float(weight)))
+        except ValueError:
+            sep = ""
+        if not sep or not folder:
+            raise InputError(f"--mixture {item}: expected WEIGHT=FOLDER")
+    return out

@@ -1,5 +1,8 @@
 """Prox fidelity: how far each LLM training step lands from the exact Prox step it stands for.
 
+It is long because the targets of every loss and schedule, their exact analogue and the per-step and
+per-run tables belong together (one definition of "the step's target").
+
 The paper's theorem assumes every training step computes a Prox step exactly. Under the
 synthetic oracle a policy's distribution over the oracle's categories is known exactly per
 prompt (:func:`linepo.evaluation.exploitability.exact_category_probs`), so for every step
@@ -25,7 +28,9 @@ size, ητ INPO's ``eta_tau``; pairs y, y' drawn from μ_k ⊗ μ_k and labelled
 
 - ``inpo`` (INPO, LINE-PO): T ∝ π_ref^{ητ} μ_k^{1−ητ} exp(η P μ_k) =
   :func:`linepo.games.game.regularized_step` with τ = ητ/η, the exact minimiser of the INPO
-  loss over all policies (Appendix F);
+  loss over all policies (Appendix F). A step whose anchor a is not its sampler (EGPO's full
+  step: a = π^t; MNPO: the geometric mixture a = Π_j π_j^{w_j} of past iterates, whose log the
+  scored node holds) names it (``anchor`` in the spec): T ∝ π_ref^{ητ} a^{1−ητ} exp(η P μ_k);
 - ``ipo`` (one-pass IPO: π_ref = μ_k = SFT; iterative IPO: π_ref = μ_k; Mirror-Prox and OMWU:
   π_ref = π^t, μ_k the half or full step's sampler): T ∝ π_ref exp(η P μ_k)
   = Prox(π_ref, η P(·≻μ_k)), the exact minimiser of the IPO loss (Azar et al.); with
@@ -110,6 +115,9 @@ class StepSpec:
     eta_tau: float | None  #: INPO's ητ (loss inpo only)
     reference: int  #: the iterate that is this step's π_ref (0 ≤ reference < step)
     sampler: int | None = None  #: the iterate that sampled its pairs (0 ≤ sampler < step); None: step − 1
+    #: inpo steps of MNPO and EGPO: ((iterate, weight), ...) whose geometric mixture is the
+    #: anchor; None: the sampler
+    anchor: tuple | None = None
 
     @property
     def mu(self) -> int:
@@ -131,7 +139,9 @@ def steps_from_spec(steps: list) -> list[StepSpec]:
         try:
             spec = StepSpec(int(item["step"]), int(item["round"]), str(item["split"]), str(item["loss"]),
                             float(item["eta"]), None if item.get("eta_tau") is None else float(item["eta_tau"]),
-                            int(item["reference"]), None if item.get("sampler") is None else int(item["sampler"]))
+                            int(item["reference"]), None if item.get("sampler") is None else int(item["sampler"]),
+                            None if item.get("anchor") is None else
+                            tuple((int(i), float(w)) for i, w in item["anchor"]))
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"steps[{k - 1}]: needs step, round, split, loss, eta and reference ({err})") from None
         if spec.step != k:
@@ -141,6 +151,8 @@ def steps_from_spec(steps: list) -> list[StepSpec]:
             raise InputError(f"steps[{k - 1}]: reference {spec.reference} is not an earlier iterate (0..{k - 1})")
         if not 0 <= spec.mu < k:
             raise InputError(f"steps[{k - 1}]: sampler {spec.mu} is not an earlier iterate (0..{k - 1})")
+        if spec.anchor is not None and (not spec.anchor or any(not 0 <= i < k or not w > 0 for i, w in spec.anchor)):
+            raise InputError(f"steps[{k - 1}]: anchor {list(spec.anchor)} needs earlier iterates with positive weights")
         out.append(spec)
     return out
 
@@ -186,11 +198,16 @@ def floored(d: np.ndarray) -> np.ndarray:
     return d
 
 
-def prox_target(loss: str, matrix, mu, reference, *, eta: float, eta_tau: float | None = None) -> np.ndarray:
+def prox_target(loss: str, matrix, mu, reference, *, eta: float, eta_tau: float | None = None,
+                anchor=None) -> np.ndarray:
     """The exact target of one step on one prompt, from the sampler μ_k and the reference
-    (both length-n distributions with full support); see the module doc for each loss."""
+    (both length-n distributions with full support), and for an inpo step whose anchor is not
+    μ_k its (unnormalised, positive) anchor; see the module doc for each loss."""
     matrix = np.asarray(matrix, dtype=float)
     check_parameters(loss, eta, eta_tau)
+    if loss == "inpo" and anchor is not None:
+        centre = eta_tau * np.log(reference) + (1 - eta_tau) * np.log(anchor)
+        return prox(np.exp(centre - centre.max()), eta * win_rates_against(matrix, mu))
     if loss == "inpo":
         return regularized_step(matrix, mu, reference, eta=eta, tau=eta_tau / eta)
     if loss in ("ipo", "sppo"):
@@ -198,14 +215,18 @@ def prox_target(loss: str, matrix, mu, reference, *, eta: float, eta_tau: float 
     return prox(reference, dpo_fit(matrix, np.asarray(mu)[None, :], eta=eta)[0])
 
 
-def prox_targets(loss: str, matrix, mu, reference, *, eta: float, eta_tau: float | None = None) -> np.ndarray:
-    """:func:`prox_target` for every prompt: (prompts, n) from two (prompts, n) arrays."""
+def prox_targets(loss: str, matrix, mu, reference, *, eta: float, eta_tau: float | None = None,
+                 anchor=None) -> np.ndarray:
+    """:func:`prox_target` for every prompt: (prompts, n) from two (prompts, n) arrays (and
+    ``anchor``, (prompts, n) or None)."""
     if loss == "dpo":  # one batched fit for all prompts
         check_parameters(loss, eta, eta_tau)
         fitted = dpo_fit(np.asarray(matrix, dtype=float), np.asarray(mu, dtype=float), eta=eta)
         rows = [prox(r, u) for r, u in zip(reference, fitted)]
     else:
-        rows = [prox_target(loss, matrix, m, r, eta=eta, eta_tau=eta_tau) for m, r in zip(mu, reference)]
+        anchors = [None] * len(mu) if anchor is None else anchor
+        rows = [prox_target(loss, matrix, m, r, eta=eta, eta_tau=eta_tau, anchor=a)
+                for m, r, a in zip(mu, reference, anchors)]
     return np.maximum(np.vstack(rows), 1e-300)  # an exp underflow is a tiny mass, not an impossible one
 
 
@@ -282,8 +303,15 @@ def analogue_trajectory(matrix, start, steps: list[StepSpec]) -> list[np.ndarray
     iterates = [np.asarray(start, dtype=float)]
     for spec in steps:  # floored like the measured iterates: a mass below FLOOR is not measurable
         iterates.append(floored(prox_targets(spec.loss, matrix, iterates[spec.mu], iterates[spec.reference],
-                                             eta=spec.eta, eta_tau=spec.eta_tau)))
+                                             eta=spec.eta, eta_tau=spec.eta_tau, anchor=anchor_of(spec, iterates))))
     return iterates
+
+
+def anchor_of(spec: StepSpec, iterates: list):
+    """The step's anchor Π_j iterate_j^{w_j} (unnormalised; None when it is the sampler)."""
+    if spec.anchor is None:
+        return None
+    return np.exp(sum(w * np.log(iterates[i]) for i, w in spec.anchor))
 
 
 def fidelity_rows(matrix, measured: list, steps: list[StepSpec], *, run: str = "", algorithm: str = "",
@@ -308,7 +336,8 @@ def fidelity_rows(matrix, measured: list, steps: list[StepSpec], *, run: str = "
     rows = []
     for spec in steps:
         trained, mu, reference = measured[spec.step], measured[spec.mu], measured[spec.reference]
-        target = prox_targets(spec.loss, matrix, mu, reference, eta=spec.eta, eta_tau=spec.eta_tau)
+        target = prox_targets(spec.loss, matrix, mu, reference, eta=spec.eta, eta_tau=spec.eta_tau,
+                              anchor=anchor_of(spec, measured))
         kl = kl_per_prompt(trained, target)
         rows.append({
             "run": run, "algorithm": algorithm, "step": spec.step, "round": spec.round, "split": spec.split,

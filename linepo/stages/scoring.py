@@ -292,7 +292,7 @@ def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_
 
 def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: int = 32, max_length: int = 512,
                       dtype: str = "auto", trust_remote_code: bool = False,
-                      allow_pickle_weights: bool = False) -> dict:
+                      allow_pickle_weights: bool = False, mixture=()) -> dict:
     """Write a "scored" parquet: the preference pairs plus log π_ref(y±|x) and log μ_k(y±|x).
 
     Args:
@@ -304,6 +304,9 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
         batch_size, max_length: sequences per forward pass; tokens per sequence (see the
             module doc for truncation).
         dtype: the models' dtype: "auto", "float32", "bfloat16" or "float16".
+        mixture: MNPO's anchor, ``[(folder, weight), ...]``: the anchor columns are then
+            Σ_j w_j log π_j(y±|x) (the loss is linear in them), ``anchor`` being one of the
+            folders; a folder that is the reference is not run twice.
 
     Returns:
         stats: pairs, tokens, seconds, pairs_per_s, tokens_per_s, models_run.
@@ -332,7 +335,17 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
 
     ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, stops, ids, **kwargs)
     models_run = 1
-    if _same_policy(reference, anchor):
+    if mixture:
+        anc_c, anc_r = 0.0 * ref_c.double(), 0.0 * ref_r.double()  # summed in float64
+        for folder, weight in mixture:
+            if _same_policy(reference, folder):
+                one_c, one_r = ref_c, ref_r
+            else:
+                one_c, one_r, more_tokens, more_seconds = _score_with(folder, prompts, chosen, rejected, finished,
+                                                                      stops, ids, **kwargs)
+                tokens, seconds, models_run = tokens + more_tokens, seconds + more_seconds, models_run + 1
+            anc_c, anc_r = anc_c + float(weight) * one_c.double(), anc_r + float(weight) * one_r.double()
+    elif _same_policy(reference, anchor):
         anc_c, anc_r = ref_c, ref_r
     else:
         anc_c, anc_r, more_tokens, more_seconds = _score_with(anchor, prompts, chosen, rejected, finished, stops,
@@ -360,8 +373,11 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     }
     metadata = {"scoring": {"reference": str(reference), "anchor": str(anchor), "max_length": max_length,
                             "dtype": dtype}}
+    if mixture:
+        metadata["scoring"]["mixture"] = [[str(folder), float(weight)] for folder, weight in mixture]
     prefs = [prefs_path] if isinstance(prefs_path, (str, os.PathLike)) else list(prefs_path)
-    inputs = [*prefs, reference] + ([anchor] if str(anchor) != str(reference) else [])
+    anchors = [folder for folder, _ in mixture] if mixture else [anchor]
+    inputs = [*prefs, reference] + list(dict.fromkeys(a for a in anchors if str(a) != str(reference)))
     write_table(rows, out_path, "scored", metadata=metadata, inputs=inputs)
     log.info("scored %d pairs with %d model(s): %s pairs/s, %s tokens/s", pairs, models_run,
              stats["pairs_per_s"], stats["tokens_per_s"])

@@ -11,7 +11,8 @@ folder on a case-insensitive file system; an unknown key gets the closest known 
 resolves the evaluation section (its judge and decoding default to the training ones) and
 moves the *execution keys* — how a step is spread over processes, not what it computes — out
 of their sections into ``config["_execution"]``, once: node ids, rule params and judge
-configs never see them, so changing them reruns nothing. Errors are one line naming the config key:
+configs never see them, so changing them reruns nothing. Errors are one line naming the config key
+(long because every check the schema cannot express is here, one after another):
 
     linepo plan config.yaml --config     # the validated config, defaults filled in
 """
@@ -142,7 +143,7 @@ def validate_config(config: dict) -> dict:
     _check_schedulers(config)
     _check_judge(config["judge"], "config key judge")
     for name, run in config["runs"].items():
-        _check_run(f"runs.{name}", run)
+        _check_run(f"runs.{name}", run, config["prompts"]["num_splits"])
     _check_validation(config)
     check_prompt_names(config)
     check_prompt_sources(config)
@@ -303,24 +304,45 @@ def _check_judge(section: dict, source: str) -> None:
         make_judge(section, source=source)
 
 
-def _check_run(key: str, run: dict) -> None:
-    """What the schema cannot say: the algorithm's own parameters (:mod:`linepo.algorithms`) and round ranges."""
+def _check_run(key: str, run: dict, num_splits: int = 1) -> None:
+    """What the schema cannot say: the algorithm's own parameters (:mod:`linepo.algorithms`),
+    round ranges, whether its reference can move (and LINE-PO's default, every round), and
+    MNPO's mixture (:func:`linepo.games.peers.validate_mixture`; a window of at most the run's
+    steps, rounds × splits: a longer one never fills)."""
     algorithm, rounds = ALGORITHMS[run["algorithm"]], run["rounds"]
-    for param in ("eta_tau",):
+    required = {"eta_tau": "ητ ∈ (0, 1]", "window": "an integer ≥ 1"}
+    for param in ("eta_tau", "window", "weights"):
         takes = param in algorithm.params
-        if takes and param not in run:
-            raise InputError(f"config key {key}.{param}: required for algorithm {algorithm.name} (ητ ∈ (0, 1])")
+        if takes and param in required and param not in run:
+            raise InputError(f"config key {key}.{param}: required for algorithm {algorithm.name} ({required[param]})")
         places = [(key, run)] + [(f"{key}.round_overrides.{r}", o) for r, o in run["round_overrides"].items()]
         for where, values in places:
             if not takes and param in values:
                 raise InputError(f"config key {where}.{param}: algorithm {algorithm.name} takes no {param}")
+    if "window" in algorithm.params:
+        from linepo.games.game import InvalidGameError
+        from linepo.games.peers import validate_mixture
+
+        try:
+            validate_mixture(run["window"], run.get("weights"))
+        except InvalidGameError as err:  # "--weights: ..." → the config key's name
+            name, _, reason = str(err).partition(": ")
+            raise InputError(f"config key {key}.{name.lstrip('-')}: {reason}") from None
+        if run["window"] > rounds * num_splits:
+            raise InputError(f"config key {key}.window: {run['window']} past iterates, but the run has only "
+                             f"{rounds * num_splits} steps ({rounds} round(s) × {num_splits} splits)")
     if algorithm.one_pass and rounds != 1:
         raise InputError(f"config key {key}.rounds: {algorithm.name} is one pass over all prompts; rounds must be 1")
-    moves = run["reference_moves"]
+    if "reference_moves" not in run:
+        if algorithm.reference == "moving":
+            run["reference_moves"] = "every_round"
+    elif not algorithm.movable:
+        why = "one pass over all prompts against the SFT policy" if algorithm.one_pass else \
+            "its reference already is the current policy (the prox centre)"
+        raise InputError(f"config key {key}.reference_moves: algorithm {algorithm.name} does not move its "
+                         f"reference: {why} (movable: {', '.join(a.name for a in ALGORITHMS.values() if a.movable)})")
+    moves = run.get("reference_moves")
     if isinstance(moves, list):
-        if algorithm.reference != "moving":
-            raise InputError(f"config key {key}.reference_moves: algorithm {algorithm.name} does not move its "
-                             f"reference (only {', '.join(a.name for a in ALGORITHMS.values() if a.reference == 'moving')})")
         late = [r for r in moves if r > rounds]
         if late:
             raise InputError(f"config key {key}.reference_moves: round {late[0]} is beyond the last round ({rounds})")

@@ -13,8 +13,10 @@ One step k of a run, in round r on prompt split s (Algorithm 4, one iteration):
     μ_k ──────────────────────────────────train(loss, η, ητ)──────────────────────────────▶ μ_{k+1}
 
 That is the ``single`` schedule, whose sampler and parent are the current policy μ_k; Mirror-Prox
-and OMWU (Appendix H) fit twice per step, a half step π^{t+½} then π^{t+1}, with other samplers
-and parents (:mod:`linepo.workflow.schedules`); every ``Step`` names its sampler and parent.
+and OMWU (Appendix H), EGPO and ONPO fit twice per step, a half step then the step, with other
+samplers, references and parents; MNPO's anchor is a mixture of past iterates (its scored node's
+``mixture``, in the recipe only when there is one) (:mod:`linepo.workflow.schedules`); every
+``Step`` names its sampler and parent.
 
 Replicates (:mod:`linepo.workflow.replicates`) are the same schedules again, with the replicate
 number in the recipes of the stages they vary: ``Plan.replicates`` holds every replicate's runs,
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from linepo.algorithms import ALGORITHMS
 from linepo.workflow.replicates import FOLDER, recipe_tags
 from linepo.workflow.replicates import describe as describe_replicates
-from linepo.workflow.schedules import Step, iterative_schedule, training_steps
+from linepo.workflow.schedules import TWO_STEP, Step, iterative_schedule, training_steps
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
@@ -101,6 +103,9 @@ class ScoredNode:
     prefs: tuple
     reference: str
     anchor: str
+    #: MNPO: the anchor log-probs are Σ_j w_j log π_j(y) over ((π_j, w_j), ...) (``anchor`` is then
+    #: π_t, the newest); () for every other node, whose recipe does not name it (ids unchanged)
+    mixture: tuple = ()
 
 
 @dataclass
@@ -133,6 +138,7 @@ class Plan:
         "judgments": "results/prefs/r{round}/s{split}/{prefs}/judgments.parquet",
         "prefs": "results/prefs/r{round}/s{split}/{prefs}/prefs.parquet",
         "scored": "results/scored/r{round}/s{split}/{scored}.parquet",
+        "scored_mixture": "results/scored/r{round}/s{split}/{scored}-mixture.parquet",  # MNPO's (rule score_mixture)
         "policy": "results/policies/r{round}/s{split}/{policy}/model",
         "steps": f"results/runs/{{run}}/{FOLDER}/steps.tsv",
         "prox_fidelity": f"results/runs/{{run}}/{FOLDER}/prox_fidelity.tsv",
@@ -184,7 +190,14 @@ class Plan:
 
     def scored_path(self, scored_id: str) -> str:
         node = self.scored[scored_id]
-        return self.TEMPLATES["scored"].format(round=node.round, split=node.split, scored=scored_id)
+        kind = "scored_mixture" if node.mixture else "scored"
+        return self.TEMPLATES[kind].format(round=node.round, split=node.split, scored=scored_id)
+
+    def mixture_flags(self, scored_id: str) -> str:
+        """rule score_mixture's ``--mixture WEIGHT=FOLDER ...`` of an MNPO scored node."""
+        import shlex
+
+        return "--mixture " + " ".join(shlex.quote(f"{w!r}={self.policy_dir(p)}") for p, w in self.scored[scored_id].mixture)
 
     def prompts_path(self, split: int | str) -> str:
         """A training split's prompts, or (split "val") the validation prompts."""
@@ -274,23 +287,28 @@ def build_plan(config: dict) -> Plan:
         plan.prefs.setdefault(pref_id, PrefNode(pref_id, round_, str(split), sample_id, judge, preferences))
         return pref_id
 
-    def scored_for(pref_ids, reference: str, anchor: str, round_: int, split: str) -> str:
-        scored_id = recipe_id("score", {"prefs": list(pref_ids), "reference": reference, "anchor": anchor,
-                                        "scoring": _section(config, "scoring"), **runtime})
-        plan.scored.setdefault(scored_id, ScoredNode(scored_id, round_, split, tuple(pref_ids), reference, anchor))
+    def scored_for(pref_ids, reference: str, anchor: str, round_: int, split: str, mixture: tuple = ()) -> str:
+        recipe = {"prefs": list(pref_ids), "reference": reference, "anchor": anchor,
+                  "scoring": _section(config, "scoring"), **runtime}
+        if mixture:
+            recipe["mixture"] = [[policy, weight] for policy, weight in mixture]
+        scored_id = recipe_id("score", recipe)
+        plan.scored.setdefault(scored_id, ScoredNode(scored_id, round_, split, tuple(pref_ids), reference, anchor,
+                                                     tuple(mixture)))
         return scored_id
 
     def train(parent: str, reference: str, scored_id: str, settings: dict, round_: int, split: str,
-              tags: dict, sampler: str | None = None) -> str:
+              tags: dict, sampler: str | None = None, anchor: str | None = None, mixture: tuple = ()) -> str:
         sampler = sampler or parent
+        anchor = anchor or sampler
         recipe = {"parent": parent, "reference": reference, "scored": scored_id, **settings, **runtime}
         validation = ()
         if validating:
             # Held-out pairs sampled by the step's sampler (the parent, except in OMWU's half
             # steps; its own nodes, shared by every run that reaches this step), scored against
-            # this step's reference and anchor: the same objective as the step's training pairs.
+            # this step's reference and anchor (or mixture): the same objective as the step's training pairs.
             pref_id = data_for(sampler, round_, VALIDATION_SPLIT, tags)
-            validation = (scored_for([pref_id], reference, sampler, round_, VALIDATION_SPLIT),)
+            validation = (scored_for([pref_id], reference, anchor, round_, VALIDATION_SPLIT, mixture),)
             settings = {**settings, "validation": selection}
             recipe.update(validation=validation[0], selection=selection)
         policy_id = recipe_id("train", recipe)
@@ -311,8 +329,8 @@ def build_plan(config: dict) -> Plan:
             algorithm.schedule, run_name, run, sft_id, replicate, reference_rule=algorithm.reference,
             num_splits=plan.num_splits, settings_for=lambda round_: _step_settings(config, run, algorithm.loss, round_),
             data_for=lambda policy, round_, split: data_for(policy, round_, split, tags), scored_for=scored_for,
-            train=lambda parent, reference, scored, settings, round_, split, sampler: train(
-                parent, reference, scored, settings, round_, split, tags, sampler))
+            train=lambda parent, reference, scored, settings, round_, split, sampler, anchor, mixture: train(
+                parent, reference, scored, settings, round_, split, tags, sampler, anchor, mixture))
 
     for replicate in range(replicates["count"]):
         tags = recipe_tags(replicates, replicate)
@@ -362,6 +380,6 @@ def describe(plan: Plan) -> str:
         for run, steps in runs.items():
             kind = ALGORITHMS[plan.algorithms[run]].schedule if run in plan.algorithms else "single"
             two = f" ({kind} schedule: a half step before each, {2 * len(steps)} trained policies)" \
-                if kind != "single" else ""
+                if kind in TWO_STEP else ""
             lines.append(f"run {run}{where}: {len(steps)} steps{two}, final {plan.policy_dir(steps[-1].policy)}")
     return "\n".join(lines)

@@ -20,6 +20,8 @@ from linepo.stages.parallel import shard_count
 from linepo.workflow.evalplan import EvalPlan, build_eval_plan, summary_path
 from linepo.workflow.plan import Plan, build_plan
 
+#: The algorithms whose steps.tsv and Prox-fidelity spec name each step's sampler and anchor.
+PEERS = ("mnpo", "onpo", "egpo")
 #: A node id (12 hex digits of a recipe's sha256) and a config name, as wildcards match them.
 ID = "[0-9a-f]{12}"
 NAME = "[A-Za-z0-9_]+"
@@ -173,21 +175,32 @@ class Wiring:
     def steps_json(self, run: str, replicate=0) -> str:
         """A run's schedule for ``linepo run-steps`` (results/runs/<run>/replicate-<r>/steps.tsv).
 
-        A run of a two-step schedule (Mirror-Prox, OMWU: :mod:`linepo.workflow.schedules`) lists
-        every training step, each half step before its step, with ``half`` and ``sampler``; other
+        A run of a two-step schedule (Mirror-Prox, OMWU, EGPO, ONPO: :mod:`linepo.workflow.schedules`)
+        lists every training step, each half step before its step, with ``half`` and ``sampler``;
+        MNPO, ONPO and EGPO also with ``anchor`` (MNPO's mixture as ``w*policy + ...``); other
         runs' lists are as they always were (the rule's params unchanged: nothing reruns)."""
         plan = self.plan
         rows = []
         for s in self._training_steps(run, replicate):
             row = {"round": s.round, "split": s.split, "policy": plan.policy_dir(s.policy),
                    "reference": plan.policy_dir(s.reference), "reference_moved": s.reference_moved}
-            if self._two_step(run):
+            if self._two_step(run) or self._peer(run):
                 row.update(half=s.is_half, sampler=plan.policy_dir(s.sampler))
+            if self._peer(run):
+                row["anchor"] = " + ".join(f"{w:g}*{plan.policy_dir(p)}" for p, w in s.mixture) \
+                    if s.mixture else plan.policy_dir(s.anchor_policy)
             rows.append(row)
         return json.dumps(rows)
 
     def _two_step(self, run: str) -> bool:
-        return ALGORITHMS[self.config["runs"][run]["algorithm"]].schedule != "single"
+        from linepo.workflow.schedules import TWO_STEP
+
+        return ALGORITHMS[self.config["runs"][run]["algorithm"]].schedule in TWO_STEP
+
+    def _peer(self, run: str) -> bool:
+        """MNPO, ONPO, EGPO (issue 16): steps.tsv and the Prox-fidelity spec name every step's
+        sampler and anchor (the older runs' files are as they were: nothing reruns)."""
+        return self.config["runs"][run]["algorithm"] in PEERS
 
     def _training_steps(self, run: str, replicate) -> list:
         return self.plan.training_steps(run, int(replicate))
@@ -224,7 +237,9 @@ class Wiring:
         """``linepo prox-fidelity --spec``: the run's iterates and, per training step, its loss, η
         (ητ) and which iterate is its reference (0 = SFT). The sampler of step k is iterate k − 1,
         except in a two-step schedule, whose steps name it (``sampler``: an IPO step's target is
-        Prox(π_ref, η P(·≻sampler)), whatever its parent) and say which are half steps."""
+        Prox(π_ref, η P(·≻sampler)), whatever its parent) and say which are half steps; an INPO-type
+        step of MNPO or EGPO names its ``anchor`` as ``[[iterate, weight], ...]`` (EGPO's full
+        step: the prox centre π^t; MNPO: the mixture of past iterates)."""
         plan = self.plan
         index = {policy: i for i, policy in enumerate(self._iterates(run, replicate))}
         steps = []
@@ -232,8 +247,11 @@ class Wiring:
             train = plan.policies[step.policy].train
             entry = {"step": k, "round": step.round, "split": step.split, "loss": train["loss"],
                      "eta": train["eta"], "eta_tau": train.get("eta_tau"), "reference": index[step.reference]}
-            if self._two_step(run):
+            if self._two_step(run) or self._peer(run):
                 entry.update(sampler=index[step.sampler], half=step.is_half)
+            if self._peer(run) and train["loss"] == "inpo":
+                entry["anchor"] = [[index[p], w] for p, w in step.mixture] if step.mixture \
+                    else [[index[step.anchor_policy], 1.0]]
             steps.append(entry)
         return json.dumps({"run": run, "algorithm": self.config["runs"][run]["algorithm"],
                            "iterates": self.prox_fidelity_iterates(run, replicate), "steps": steps}, sort_keys=True)
