@@ -13,8 +13,9 @@ Reference rules: ``fixed`` — π_ref is the start policy (the SFT policy in the
 
 Movable references (``Algorithm.movable``): a run of a ``fixed``-reference iterative solver
 may also name ``reference_moves`` (then π_ref := the current policy at the start of those
-rounds, LINE-PO's move): INPO + moves *is* LINE-PO's computation, node for node; MNPO and EGPO
-+ moves are their outer-loop (Nash-Prox, arXiv 2505.19731) versions. LINE-PO moves every round
+rounds, LINE-PO's move): INPO + moves *is* LINE-PO's computation, node for node (online IPO
+with KL whose reference moves is also Nash-Prox's structure, arXiv 2505.19731); MNPO and EGPO
++ moves wrap the same outer loop around their own inner steps. LINE-PO moves every round
 unless told otherwise; the others never unless told. ``current``-reference solvers (their
 reference already is the current policy or prox centre) and one-pass runs have nothing to move.
 
@@ -30,6 +31,9 @@ this two-sequence form's half steps; ``mirror_prox``'s iterates are its full ste
 ``mixture`` — MNPO: a ``single`` step whose INPO anchor is a weighted mixture of past iterates
 (run parameters ``window``, ``weights``); ``omd`` — ONPO, two IPO fits per step on the same
 pairs from π^t, π′_{t+1} against π′_t, then π_{t+1} against π′_{t+1}.
+
+Exact twins take the runs' parameters as τ = ητ/η (``linepo game --tau``); the plan's DAG with
+exact steps is the twin's trajectory (tests/test_llm_schedules.py, tests/test_llm_peers.py).
 """
 
 from __future__ import annotations

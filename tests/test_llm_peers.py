@@ -388,22 +388,47 @@ def test_score_preferences_with_a_mixture_sums_the_weighted_log_probs(tmp_path):
 
 
 @pytest.mark.slow
-def test_mnpo_runs_end_to_end_through_snakemake(tmp_path):
-    """One round on 2 splits, window 2: step 1's pairs are scored against the mixture of π_1 and
-    π_0 (rule score_mixture), steps.tsv names the anchors, a Prox-fidelity row per step."""
+def test_the_peers_run_end_to_end_through_snakemake(tmp_path):
+    """One round on 2 splits. MNPO, window 2: step 1's pairs are scored against the mixture of
+    π_1 and π_0 (rule score_mixture); EGPO: 4 fits, its first INPO's; ONPO: 4 fits, 2
+    samplings. steps.tsv names the anchors, a Prox-fidelity row per fit."""
     import csv
 
     from workflow_utils import dry_run, snakemake, workflow_with_config
 
-    runs = {"mnpo": {"algorithm": "mnpo", "eta": ETA, "eta_tau": ETA_TAU, "rounds": 1, "window": 2}}
+    runs = {"mnpo": {"algorithm": "mnpo", "eta": ETA, "eta_tau": ETA_TAU, "rounds": 1, "window": 2},
+            "egpo": {"algorithm": "egpo", "eta": ETA, "eta_tau": ETA_TAU, "rounds": 1},
+            "onpo": {"algorithm": "onpo", "eta": ETA, "rounds": 1}}
     directory = workflow_with_config(tmp_path / "wf", tiny_config(runs=runs, evaluation={"enabled": False}))
     planned = [rule for rule, _ in dry_run(directory)]
-    assert planned.count("train") == 2 and planned.count("score_mixture") == 1 and planned.count("score") == 1
+    # trains: MNPO 2 + EGPO 4 − 1 shared + ONPO 4; samples: MNPO 2 + EGPO 4 − 1 + ONPO 2 − 1 (π_0 on s_0)
+    assert planned.count("train") == 9 and planned.count("score_mixture") == 1 and planned.count("sample") == 6
     result = snakemake(directory, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with open(directory / "results/runs/mnpo/replicate-0/steps.tsv") as handle:
-        steps = list(csv.DictReader(handle, delimiter="\t"))
+
+    def table(run, name):
+        with open(directory / f"results/runs/{run}/replicate-0/{name}.tsv") as handle:
+            return list(csv.DictReader(handle, delimiter="\t"))
+
+    steps = table("mnpo", "steps")
     assert steps[1]["anchor"].startswith("0.5*results/policies/r1/s0/") and "0.5*results/sft/" in steps[1]["anchor"]
-    with open(directory / "results/runs/mnpo/replicate-0/prox_fidelity.tsv") as handle:
-        assert len(list(csv.DictReader(handle, delimiter="\t"))) == 2
+    assert [len(table(run, "prox_fidelity")) for run in runs] == [2, 4, 4]
+    assert [row["half"] for row in table("onpo", "steps")] == ["True", "False"] * 2
     assert dry_run(directory) == []
+
+
+def test_held_out_pairs_are_scored_as_each_steps_training_pairs():
+    """Checkpoint selection's loss is the step's own objective: pairs of its sampler, scored
+    against its reference and anchor (EGPO's full step: π^t; MNPO: the mixture)."""
+    built = build_plan(config({k: RUNS[k] for k in ("mnpo", "egpo", "onpo")},
+                              validation={"enabled": True,
+                                          "prompts": {"source": "embedded", "split": "eval", "max_prompts": 8}}))
+    for run in ("mnpo", "egpo", "onpo"):
+        for step in training_steps(built.runs[run]):
+            (held_out,) = built.policies[step.policy].validation
+            scored = built.scored[held_out]
+            assert (scored.reference, scored.anchor, scored.mixture) == (step.reference, step.anchor_policy,
+                                                                         step.mixture)
+            assert built.samples[built.prefs[scored.prefs[0]].sample].policy == step.sampler
+    assert any(s.anchor for s in training_steps(built.runs["egpo"]))
+    assert any(s.mixture for s in built.runs["mnpo"])

@@ -97,7 +97,7 @@ class Step:
     split: str
     policy: str  # the policy *after* this step
     reference: str
-    reference_moved: bool
+    reference_moved: bool  # the round's first step against a just-moved reference (its half step too)
     replicate: int = 0
     sampler: str = ""  # the policy that sampled this step's pairs (its scored node's anchor)
     parent: str = ""  # the policy its training starts from
