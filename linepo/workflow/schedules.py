@@ -51,6 +51,12 @@ fixed (or moved) reference π_ref, centred at π^t — the scored node's *anchor
 π^{t+½} ∝ (π^t)^{1−ητ} π_ref^{ητ} exp(η P(·≻π^t)) is INPO's step from π^t (EGPO's first half
 step *is* INPO's first step node); the full step is the only step of any schedule whose anchor
 is not its sampler (the loss (Δπ − ητΔπ_ref − (1−ητ)Δπ^t − η/2)² on pairs of π^{t+½}).
+This is EGPO at the level of Prox steps, as :func:`linepo.games.peers.egpo` (its update, the
+magnetic form). The public code (``lms/trainers/extragradient_trainer.py``) takes the
+extragradient per *optimizer* step instead (odd steps restore the parameters saved before the
+extrapolation), with the online-IPO loss (Δπ_θ − Δπ_ref − (P(y≻y″) − P(y′≻y″))/β)² on samples
+of a geometric mixture of π_θ and π_ref: the same regularised game and fixed point, not the
+same path.
 
 ``mixture`` (MNPO, :func:`linepo.games.peers.mnpo_step`): a ``single`` step whose anchor is the
 geometric mixture Π_j π_{t−j}^{λ_j} of the last ``window`` iterates (newest first, weights
