@@ -206,6 +206,7 @@ rule score:
         reference=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].reference),
         anchor=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].anchor),
         scoring=config["scoring"],
+        deduplicate="--deduplicate" if config["scoring"].get("deduplicate") else "",
         runtime=RUNTIME,
     log:
         "logs/scored/r{round}/s{split}/{scored}.log",
@@ -216,7 +217,7 @@ rule score:
         **RESOURCES["score"],
     shell:
         "linepo score --preferences {input.prefs} --reference {params.reference:q} --anchor {params.anchor:q} "
-        "--batch-size {params.scoring[batch_size]} --max-length {params.scoring[max_length]} {params.runtime} "
+        "--batch-size {params.scoring[batch_size]} --max-length {params.scoring[max_length]} {params.deduplicate} {params.runtime} "
         "--out {output} > {log} 2>&1"
 
 

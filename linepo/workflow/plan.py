@@ -231,6 +231,13 @@ def _section(config: dict, key: str) -> dict:
     return dict(config.get(key) or {})
 
 
+def _unless_default(section: dict, defaults: dict) -> dict:
+    """``section`` without the keys that hold their default: keys added later (``scoring.deduplicate``,
+    ``training.prompts_per_batch``) enter a node's recipe only when set, so older ids stay."""
+    return {k: v for k, v in section.items() if not (k in defaults and v == defaults[k]
+                                                      and type(v) is type(defaults[k]))}
+
+
 def build_plan(config: dict) -> Plan:
     """The plan of a *validated* config (see :func:`linepo.workflow.config.validate_config`): every
     replicate's runs (:mod:`linepo.workflow.replicates`); ``Plan.runs`` and ``Plan.sft`` are replicate 0's."""
@@ -262,6 +269,7 @@ def build_plan(config: dict) -> Plan:
     judge = _section(config, "judge")
     preferences = _section(config, "preferences")
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
+    scoring = _unless_default(_section(config, "scoring"), {"deduplicate": False})
 
     def data_for(policy_id: str, round_: int, split: int | str, tags: dict) -> str:
         """Sample → judge → pairs for a policy on a split (or "val"); returns the prefs id."""
@@ -276,7 +284,7 @@ def build_plan(config: dict) -> Plan:
 
     def scored_for(pref_ids, reference: str, anchor: str, round_: int, split: str) -> str:
         scored_id = recipe_id("score", {"prefs": list(pref_ids), "reference": reference, "anchor": anchor,
-                                        "scoring": _section(config, "scoring"), **runtime})
+                                        "scoring": scoring, **runtime})
         plan.scored.setdefault(scored_id, ScoredNode(scored_id, round_, split, tuple(pref_ids), reference, anchor))
         return scored_id
 
@@ -345,6 +353,7 @@ def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
     """Loss and training settings of one step: run values, then the round's overrides."""
     override = round_override(run, round_)
     training = {**_section(config, "training"), **run.get("training", {}), **override.get("training", {})}
+    training = _unless_default(training, {"prompts_per_batch": None})
     settings = {"loss": loss, "eta": override.get("eta", run["eta"]), "training": training}
     if loss == "inpo":
         settings["eta_tau"] = override.get("eta_tau", run["eta_tau"])
