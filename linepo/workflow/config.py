@@ -120,6 +120,12 @@ def _schema_message(error) -> str:
     return f"config key {_key(error.absolute_path)}: {error.message}"
 
 
+def check_prompts_per_batch(config: dict) -> None:
+    from linepo.workflow.plan import check_prompts_per_batch as check
+
+    check(config)
+
+
 def validate_config(config: dict) -> dict:
     """Return a validated deep copy of ``config`` with defaults filled in and execution keys moved.
 
@@ -140,7 +146,7 @@ def validate_config(config: dict) -> dict:
     _check_sampling(config["sampling"])
     _check_names(config)
     _check_schedulers(config)
-    _check_prompts_per_batch(config)
+    check_prompts_per_batch(config)
     _check_judge(config["judge"], "config key judge")
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run)
@@ -292,31 +298,6 @@ def _check_schedulers(config: dict) -> None:
         if scheduler in _SCHEDULER_ON_EVAL and not config["validation"]["enabled"]:
             raise InputError(f"config key {key}.lr_scheduler_type: {scheduler} steps on an evaluation loss: "
                              "set validation.enabled: true, or choose another scheduler")
-
-
-def _check_prompts_per_batch(config: dict) -> None:
-    """Grouped batches (``prompts_per_batch``) train in one process with no gradient accumulation."""
-    from linepo.workflow.plan import round_override
-
-    gpus = config["resources"]["train"]["gpu"]
-    steps = [("training", config["training"])]
-    for name, run in config["runs"].items():
-        for r in range(1, run["rounds"] + 1):
-            override = round_override(run, r).get("training", {})
-            where = (f"runs.{name}.round_overrides" if "prompts_per_batch" in override else
-                     f"runs.{name}" if "prompts_per_batch" in (run.get("training") or {}) else "")
-            steps.append((f"{where}.training" if where else "training",
-                          {**config["training"], **(run.get("training") or {}), **override}))
-    for where, training in steps:
-        if training.get("prompts_per_batch") is None:
-            continue
-        key = f"config key {where}.prompts_per_batch"
-        if training.get("gradient_accumulation_steps", 1) != 1:
-            raise InputError(f"{key}: needs gradient_accumulation_steps 1 (a batch is all pairs of its prompts), "
-                             f"got {training['gradient_accumulation_steps']}")
-        if gpus > 1:
-            raise InputError(f"{key}: trains in one process only, but resources.train.gpu is {gpus}; unset it "
-                             "to train data-parallel")
 
 
 def _check_judge(section: dict, source: str) -> None:

@@ -349,6 +349,24 @@ def round_override(run: dict, round_: int) -> dict:
     return merged
 
 
+def check_prompts_per_batch(config: dict) -> None:
+    """Grouped batches (``prompts_per_batch``, any step) train in one process, without accumulation."""
+    from linepo.errors import InputError
+
+    steps = [("training", config["training"])] + [
+        (f"runs.{name}" + (".round_overrides" if "prompts_per_batch" in round_override(run, r).get("training", {})
+                           else "") + ".training", _step_settings(config, run, "ipo", r)["training"])
+        for name, run in config["runs"].items() for r in range(1, run["rounds"] + 1)]
+    gpus = config["resources"]["train"]["gpu"]
+    for where, training in steps:
+        if training.get("prompts_per_batch") is not None and training.get("gradient_accumulation_steps", 1) != 1:
+            raise InputError(f"config key {where}.prompts_per_batch: needs gradient_accumulation_steps 1 (a batch "
+                             f"is all pairs of its prompts), got {training['gradient_accumulation_steps']}")
+        if training.get("prompts_per_batch") is not None and gpus > 1:
+            raise InputError(f"config key {where}.prompts_per_batch: trains in one process only, but "
+                             f"resources.train.gpu is {gpus}; unset it to train data-parallel")
+
+
 def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
     """Loss and training settings of one step: run values, then the round's overrides."""
     override = round_override(run, round_)
