@@ -205,9 +205,10 @@ rule score:
     params:
         reference=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].reference),
         anchor=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].anchor),
-        scoring=config["scoring"],
-        deduplicate="--deduplicate" if config["scoring"].get("deduplicate") else "",
-        runtime=RUNTIME,
+        # scoring.deduplicate rides on runtime, and scoring leaves it out, so that with it unset
+        # the params and the shell command are what they were before the key existed (no rerun).
+        scoring={key: value for key, value in config["scoring"].items() if key != "deduplicate"},
+        runtime=RUNTIME + (" --deduplicate" if config["scoring"].get("deduplicate") else ""),
     log:
         "logs/scored/r{round}/s{split}/{scored}.log",
     benchmark:
@@ -217,7 +218,7 @@ rule score:
         **RESOURCES["score"],
     shell:
         "linepo score --preferences {input.prefs} --reference {params.reference:q} --anchor {params.anchor:q} "
-        "--batch-size {params.scoring[batch_size]} --max-length {params.scoring[max_length]} {params.deduplicate} {params.runtime} "
+        "--batch-size {params.scoring[batch_size]} --max-length {params.scoring[max_length]} {params.runtime} "
         "--out {output} > {log} 2>&1"
 
 

@@ -335,3 +335,29 @@ def test_linepo_score_deduplicate_flag(data, tmp_path, capsys):
                  "--anchor", str(data / "parent"), "--out", str(tmp_path / "s.parquet"), "--dtype", "float32",
                  "--deduplicate"])
     assert code == 0 and (tmp_path / "s.parquet").is_file()
+
+
+# ----------------------------------------------------------------------------- the workflow
+
+
+@pytest.mark.slow
+def test_the_workflow_reruns_nothing_for_unset_keys_and_the_score_chain_for_deduplicate(tmp_path):
+    from workflow_utils import dry_run, edit_config, snakemake, tiny_config, workflow_with_config
+
+    config = tiny_config(runs={"inpo": {"algorithm": "inpo", "eta": 4.0, "eta_tau": 0.6, "rounds": 1}})
+    workdir = workflow_with_config(tmp_path, config)
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    edit_config(workdir, lambda c: (c.setdefault("scoring", {}).update(deduplicate=False),
+                                    c.setdefault("training", {}).update(prompts_per_batch=None)))
+    assert dry_run(workdir) == []  # the defaults spelt out: same ids, same params, same commands
+    def first_split(jobs) -> set:  # the rules planned on round 1's first split (sampled by the SFT policy)
+        return {rule for rule, w in jobs if w.get("round") == "1" and w.get("split") == "0"}
+
+    edit_config(workdir, lambda c: c["scoring"].update(deduplicate=True))
+    jobs = dry_run(workdir)
+    assert {"score", "train"} <= first_split(jobs) and not first_split(jobs) & {"sample", "judge", "pairs"}
+    edit_config(workdir, lambda c: (c["scoring"].update(deduplicate=False),
+                                    c["training"].update(prompts_per_batch=2)))
+    jobs = dry_run(workdir)
+    assert "train" in first_split(jobs) and not first_split(jobs) & {"sample", "judge", "pairs", "score"}
