@@ -14,8 +14,9 @@ in samples − 1 pairs). Then, in this one run:
 - training: one epoch of ``train_policy`` with per-pair batches of ``K × pairs per prompt`` pairs
   (the baseline: the same pairs per step, the same step count) vs ``prompts_per_batch=K``.
 
-Printed: wall seconds of each (scoring includes loading the policy; training its set-up) and the ratio grouped / per-pair (< 1: grouped is faster), and the max
-|Δ| of the deduplicated log-probs from the plain ones. Run it on an idle machine; timings on
+Printed: wall seconds of each (scoring includes loading the policy, training its set-up), the
+ratio grouped / per-pair (< 1: grouped is faster), and the max |Δ| of the deduplicated
+log-probs from the plain ones. Run it on an idle machine; timings on
 a shared one are noise.
 """
 

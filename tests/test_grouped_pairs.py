@@ -140,8 +140,21 @@ def groups_of(groups, index):
 
 
 def test_the_trainer_batches_are_k_whole_prompts_covering_every_pair_once(data, tmp_path):
+    orders = trainer_orders(data, tmp_path, seed=0)
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(NUM_PROMPTS))
+
+
+def test_the_prompt_order_is_the_seeds(data, tmp_path):
+    orders = trainer_orders(data, tmp_path / "a", seed=0)
+    assert orders == trainer_orders(data, tmp_path / "b", seed=0)
+    assert orders != trainer_orders(data, tmp_path / "c", seed=1)
+
+
+def trainer_orders(data, tmp_path, seed: int) -> list[list[int]]:
+    """The prompt groups of two epochs in the order the Trainer's batches hold them (checked: K
+    whole prompts a batch, every pair once an epoch)."""
     training = PreferenceTraining(data / "parent", [data / "scored.parquet"], tmp_path / "out",
-                                  resume_dir=tmp_path / "side", settings=grouped())
+                                  resume_dir=tmp_path / "side", settings=grouped(seed=seed))
     training.setup()
     trainer = training.trainer
     groups = trainer.train_dataset
@@ -160,9 +173,8 @@ def test_the_trainer_batches_are_k_whole_prompts_covering_every_pair_once(data, 
         for b in batches:
             assert all([pair_key(f) for f in group] in keys for group in b)  # each prompt's pairs together
         orders.append([keys.index([pair_key(f) for f in group]) for b in batches for group in b])
-    assert sorted(orders[0]) == sorted(orders[1]) == list(range(NUM_PROMPTS))
-    assert orders[0] != list(range(NUM_PROMPTS)) or orders[1] != list(range(NUM_PROMPTS))  # shuffled
     training.trainer = None
+    return orders
 
 
 # ----------------------------------------------------------------------------- training
@@ -257,6 +269,12 @@ def config_with(edit):
     (lambda c: (c["training"].update(prompts_per_batch=2), c.setdefault("resources", {}).setdefault(
         "train", {}).update(gpu=2)), "config key training.prompts_per_batch"),
     (lambda c: c.setdefault("scoring", {}).update(deduplicate="yes"), "config key scoring.deduplicate"),
+    (lambda c: (c["training"].update(gradient_accumulation_steps=2, batch_size=32),
+                c["runs"]["inpo"].setdefault("training", {}).update(prompts_per_batch=3)),
+     "config key runs.inpo.training.prompts_per_batch"),
+    (lambda c: (c["training"].update(gradient_accumulation_steps=2, batch_size=32),
+                c["runs"]["inpo"].update(round_overrides={"2": {"training": {"prompts_per_batch": 3}}})),
+     "config key runs.inpo.round_overrides.2.training.prompts_per_batch"),
 ])
 def test_bad_config_values_fail_with_one_line_naming_the_key(edit, message):
     with pytest.raises(InputError) as err:

@@ -353,9 +353,14 @@ def check_prompts_per_batch(config: dict) -> None:
     """Grouped batches (``prompts_per_batch``, any step) train in one process, without accumulation."""
     from linepo.errors import InputError
 
+    def where(name: str, run: dict, r: int) -> str:  # the entry that sets it for round r (round_override's order)
+        keys = sorted((k for k, o in run["round_overrides"].items() if "prompts_per_batch" in o.get("training", {})
+                       and (k == str(r) or (k.endswith("+") and int(k[:-1]) <= r))),
+                      key=lambda k: (not k.endswith("+"), int(k.rstrip("+"))))
+        return f"runs.{name}.round_overrides.{keys[-1]}.training" if keys else f"runs.{name}.training"
+
     steps = [("training", config["training"])] + [
-        (f"runs.{name}" + (".round_overrides" if "prompts_per_batch" in round_override(run, r).get("training", {})
-                           else "") + ".training", _step_settings(config, run, "ipo", r)["training"])
+        (where(name, run, r), _step_settings(config, run, "ipo", r)["training"])
         for name, run in config["runs"].items() for r in range(1, run["rounds"] + 1)]
     gpus = config["resources"]["train"]["gpu"]
     for where, training in steps:
