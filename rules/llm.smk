@@ -195,6 +195,9 @@ rule pairs:
 # ---------------------------------------------------------------- scoring and training
 
 
+SCORE_RUNTIME = RUNTIME + (" --deduplicate" if config["scoring"].get("deduplicate") else "")
+
+
 rule score:
     input:
         prefs=lambda wc: [PLAN.prefs_path(p) for p in checked(PLAN.scored, wc.scored, wc).prefs],
@@ -205,8 +208,10 @@ rule score:
     params:
         reference=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].reference),
         anchor=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].anchor),
-        scoring=config["scoring"],
-        runtime=RUNTIME,
+        # scoring.deduplicate rides on runtime, and scoring leaves it out, so that with it unset
+        # the params and the shell command are what they were before the key existed (no rerun).
+        scoring={key: value for key, value in config["scoring"].items() if key != "deduplicate"},
+        runtime=SCORE_RUNTIME,
     log:
         "logs/scored/r{round}/s{split}/{scored}.log",
     benchmark:
@@ -234,7 +239,7 @@ rule score_mixture:
         anchor=lambda wc: PLAN.policy_dir(PLAN.scored[wc.scored].anchor),
         mixture=lambda wc: PLAN.mixture_flags(wc.scored),
         scoring=config["scoring"],
-        runtime=RUNTIME,
+        runtime=SCORE_RUNTIME,
     log:
         "logs/scored/r{round}/s{split}/{scored}-mixture.log",
     benchmark:

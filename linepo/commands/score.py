@@ -2,7 +2,7 @@
 
     linepo score --preferences results/x/preferences.parquet [more.parquet ...] \\
         --reference results/sft/policy --anchor results/x/policy --out results/x/scored.parquet \\
-        [--batch-size 32 --max-length 512 --dtype auto]
+        [--batch-size 32 --max-length 512 --dtype auto --deduplicate]
 
 Log-probs are summed over the response tokens and EOS (see :mod:`linepo.stages.scoring`). When
 --reference and --anchor are the same folder the model is run once. Stats (pairs/s,
@@ -50,7 +50,8 @@ def run(args) -> int:
     stats = score_preferences(args.preferences, args.out, reference=args.reference, anchor=args.anchor,
                               batch_size=settings.batch_size, max_length=settings.max_length, dtype=args.dtype,
                               trust_remote_code=args.trust_remote_code,
-                              allow_pickle_weights=args.allow_pickle_weights, mixture=parse_mixture(args.mixture))
+                              allow_pickle_weights=args.allow_pickle_weights, mixture=parse_mixture(args.mixture),
+                              deduplicate=settings.deduplicate)
     print(f"linepo score: wrote {args.out}: {stats['pairs']} pairs, {stats['models_run']} model(s), "
           f"{stats['pairs_per_s']} pairs/s, {stats['tokens_per_s']} tokens/s", file=sys.stderr)
     print(json.dumps(stats, sort_keys=True))

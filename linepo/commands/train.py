@@ -23,6 +23,8 @@ workflow config's training keys, e.g. ``batch_size``); flags given on the comman
 over it. Resume checkpoints go to --resume-dir (default OUT.partial, beside --out), which
 must lie outside --out; a rerun after a kill resumes from its newest checkpoint, and the
 folder is removed after success.
+--prompts-per-batch K makes each optimizer step all pairs of K prompts, each distinct response
+forwarded once (one process, no gradient accumulation).
 Bad input exits 2 with one line and writes nothing; a non-finite loss exits 1 with one
 line and writes no policy. Stats (tokens/s, steps) go to stdout as JSON.
 """
@@ -88,7 +90,7 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from linepo.errors import InputError
-    from linepo.stages.training import NonFiniteLossError, is_main_process, train_policy
+    from linepo.stages.training import NonFiniteLossError, is_main_process, train_policy, world_size
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s",
@@ -98,6 +100,7 @@ def run(args) -> int:
         args.resume_dir = default_resume_dir(args.out)
     if args.num_processes is not None and args.num_processes < 1:
         raise InputError(f"--num-processes: must be at least 1, got {args.num_processes}")
+    settings.check_prompts_per_batch(args.num_processes or world_size())
     if args.accelerate_config is not None and not args.accelerate_config.is_file():
         raise InputError(f"--accelerate-config {args.accelerate_config}: file not found")
     launched = os.environ.get("WORLD_SIZE")

@@ -47,6 +47,8 @@ class ScoringSettings:
     batch_size: int = setting(32, "sequences per forward pass", low=1)
     max_length: int = setting(512, "tokens per sequence: longer ones lose their prompt's start, then their "
                                    "response's end", low=8)
+    deduplicate: bool = setting(False, "forward each distinct (prompt, response) once and copy its log-probs to "
+                                       "every pair it is in (all_pairs: each response is in n-1 pairs)")
 
 
 #: Columns of a "scored" file that hold log-probs.
@@ -265,9 +267,27 @@ def _same_policy(a, b) -> bool:
     return str(a) == str(b)
 
 
+def distinct_responses(prompts, responses, finished, stops, ids) -> tuple[list[int], list[int]]:
+    """(the first row of each distinct (prompt, response, finished, stop, ids), each row's distinct index)."""
+    first: list[int] = []
+    index: list[int] = []
+    seen: dict[tuple, int] = {}
+    for i, key in enumerate(zip(prompts, responses, finished, stops,
+                                [tuple(x) if x is not None else None for x in ids])):
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        index.append(seen[key])
+    return first, index
+
+
 def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_size, max_length, dtype,
-                trust_remote_code, allow_pickle_weights=False):
-    """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after."""
+                trust_remote_code, allow_pickle_weights=False, deduplicate=False):
+    """(chosen logps, rejected logps, tokens, seconds) under the policy at ``path``; frees it after.
+
+    ``deduplicate``: each distinct (prompt, response) is forwarded once and its log-prob copied
+    to every row it is in (equal to the plain values up to float rounding: padding widths differ).
+    """
     import torch
 
     from linepo.stages.models import load_policy
@@ -276,10 +296,15 @@ def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_
                                    allow_pickle_weights=allow_pickle_weights)
     stats: dict = {}
     start = time.perf_counter()
+    rows = (list(prompts) * 2, list(chosen) + list(rejected), list(finished), list(stops), list(ids))
+    first, index = distinct_responses(*rows) if deduplicate else (None, None)
+    if first is not None:
+        rows = tuple([column[i] for i in first] for column in rows)
     try:
-        logps = sequence_logprobs(model, tokenizer, list(prompts) * 2, list(chosen) + list(rejected),
-                                  batch_size=batch_size, max_length=max_length, stats=stats, finished=finished,
-                                  stop_tokens=stops, token_ids=ids)
+        logps = sequence_logprobs(model, tokenizer, rows[0], rows[1], batch_size=batch_size, max_length=max_length,
+                                  stats=stats, finished=rows[2], stop_tokens=rows[3], token_ids=rows[4])
+        if index is not None:
+            logps = logps[torch.tensor(index, dtype=torch.long)]
     finally:
         del model
         gc.collect()
@@ -292,7 +317,7 @@ def _score_with(path, prompts, chosen, rejected, finished, stops, ids, *, batch_
 
 def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: int = 32, max_length: int = 512,
                       dtype: str = "auto", trust_remote_code: bool = False,
-                      allow_pickle_weights: bool = False, mixture=()) -> dict:
+                      allow_pickle_weights: bool = False, mixture=(), deduplicate: bool = False) -> dict:
     """Write a "scored" parquet: the preference pairs plus log π_ref(y±|x) and log μ_k(y±|x).
 
     Args:
@@ -307,6 +332,7 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
         mixture: MNPO's anchor, ``[(folder, weight), ...]``: the anchor columns are then
             Σ_j w_j log π_j(y±|x) (the loss is linear in them), ``anchor`` being one of the
             folders; a folder that is the reference is not run twice.
+        deduplicate: forward each distinct (prompt, response) once (``ScoringSettings.deduplicate``).
 
     Returns:
         stats: pairs, tokens, seconds, pairs_per_s, tokens_per_s, models_run.
@@ -331,7 +357,7 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     stops = table.column("chosen_stop_token_id").to_pylist() + table.column("rejected_stop_token_id").to_pylist()
     ids = table.column("chosen_token_ids").to_pylist() + table.column("rejected_token_ids").to_pylist()
     kwargs = dict(batch_size=batch_size, max_length=max_length, dtype=dtype, trust_remote_code=trust_remote_code,
-                  allow_pickle_weights=allow_pickle_weights)
+                  allow_pickle_weights=allow_pickle_weights, deduplicate=bool(deduplicate))
 
     ref_c, ref_r, tokens, seconds = _score_with(reference, prompts, chosen, rejected, finished, stops, ids, **kwargs)
     models_run = 1

@@ -34,6 +34,7 @@ from linepo.sources import DTYPES, looks_local
 from linepo.workflow.inputs import check_prompt_sources, read_config_file
 from linepo.workflow.preflight import check_judge_files, check_model_folder, check_prompt_names
 from linepo.workflow.replicates import check_replicates, replicates_shorthand
+from linepo.workflow.step_settings import check_prompts_per_batch
 
 #: section -> its keys that say how a step runs (worker processes, launcher), not what it computes
 #: ``judge.max_failed_fraction`` is here too: a limit on what a judging step may lose decides
@@ -141,6 +142,7 @@ def validate_config(config: dict) -> dict:
     _check_sampling(config["sampling"])
     _check_names(config)
     _check_schedulers(config)
+    check_prompts_per_batch(config)
     _check_judge(config["judge"], "config key judge")
     for name, run in config["runs"].items():
         _check_run(f"runs.{name}", run, config["prompts"]["num_splits"])

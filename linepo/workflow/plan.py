@@ -36,6 +36,8 @@ from linepo.algorithms import ALGORITHMS
 from linepo.workflow.replicates import FOLDER, recipe_tags
 from linepo.workflow.replicates import describe as describe_replicates
 from linepo.workflow.schedules import TWO_STEP, Step, iterative_schedule, training_steps
+from linepo.workflow.step_settings import _section, _step_settings, _unless_default
+from linepo.workflow.step_settings import round_override  # noqa: F401 (re-exported: tests, callers)
 
 #: Bump a stage's version when its code changes what it writes: its nodes get new ids.
 #: sft 2: imported SFT folders; sample 2: stop at the chat template's end of turn, record the
@@ -240,10 +242,6 @@ class Plan:
         }
 
 
-def _section(config: dict, key: str) -> dict:
-    return dict(config.get(key) or {})
-
-
 def build_plan(config: dict) -> Plan:
     """The plan of a *validated* config (see :func:`linepo.workflow.config.validate_config`): every
     replicate's runs (:mod:`linepo.workflow.replicates`); ``Plan.runs`` and ``Plan.sft`` are replicate 0's."""
@@ -275,6 +273,7 @@ def build_plan(config: dict) -> Plan:
     judge = _section(config, "judge")
     preferences = _section(config, "preferences")
     runtime = {"trust_remote_code": policy_cfg["trust_remote_code"], "dtype": policy_cfg["dtype"]}
+    scoring = _unless_default(_section(config, "scoring"), {"deduplicate": False})
 
     def data_for(policy_id: str, round_: int, split: int | str, tags: dict) -> str:
         """Sample → judge → pairs for a policy on a split (or "val"); returns the prefs id."""
@@ -289,7 +288,7 @@ def build_plan(config: dict) -> Plan:
 
     def scored_for(pref_ids, reference: str, anchor: str, round_: int, split: str, mixture: tuple = ()) -> str:
         recipe = {"prefs": list(pref_ids), "reference": reference, "anchor": anchor,
-                  "scoring": _section(config, "scoring"), **runtime}
+                  "scoring": scoring, **runtime}
         if mixture:
             recipe["mixture"] = [[policy, weight] for policy, weight in mixture]
         scored_id = recipe_id("score", recipe)
@@ -341,32 +340,6 @@ def build_plan(config: dict) -> Plan:
                                       for name, run in config.get("runs", {}).items()}
     plan.runs = plan.replicates[0]
     return plan
-
-
-def round_override(run: dict, round_: int) -> dict:
-    """The overrides of one round: every ``"r+"`` entry with r ≤ round (in increasing r), then
-    the round's own ``"r"`` entry; later ones win key by key (``training`` merged)."""
-    entries = run.get("round_overrides", {})
-    ordered = sorted((int(key[:-1]), key) for key in entries if key.endswith("+") and int(key[:-1]) <= round_)
-    keys = [key for _, key in ordered] + ([str(round_)] if str(round_) in entries else [])
-    merged: dict = {}
-    for key in keys:
-        entry = entries[key]
-        training = {**merged.get("training", {}), **entry.get("training", {})}
-        merged.update(entry)
-        if training:
-            merged["training"] = training
-    return merged
-
-
-def _step_settings(config: dict, run: dict, loss: str, round_: int) -> dict:
-    """Loss and training settings of one step: run values, then the round's overrides."""
-    override = round_override(run, round_)
-    training = {**_section(config, "training"), **run.get("training", {}), **override.get("training", {})}
-    settings = {"loss": loss, "eta": override.get("eta", run["eta"]), "training": training}
-    if loss == "inpo":
-        settings["eta_tau"] = override.get("eta_tau", run["eta_tau"])
-    return settings
 
 
 def describe(plan: Plan) -> str:

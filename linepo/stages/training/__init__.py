@@ -2,6 +2,7 @@
 
 - :mod:`.settings` — :class:`TrainSettings` (one field per setting; the CLI and schema derive from it),
 - :mod:`.data` — scored pairs as tokenised training examples,
+- :mod:`.groups` — grouped batches (``prompts_per_batch``): all pairs of K prompts, each distinct sequence once,
 - :mod:`.trainer` — the ``transformers.Trainer`` with a preference loss,
 - :mod:`.checkpoints` — the side folder: resume checkpoints and validation-loss selection,
 - :mod:`.recipe` — :class:`PreferenceTraining` (setup → train → save → cleanup) and :func:`train_policy`.

@@ -96,7 +96,8 @@ def fingerprint(policy, scored_paths, settings: TrainSettings, num_processes: in
         policy_id = {"path": str(policy_dir.resolve()), "files": files}
     else:
         policy_id = {"hub": str(policy)}
-    values = {k: v for k, v in settings.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    values = {k: v for k, v in settings.to_dict().items() if k not in _NOT_FINGERPRINTED
+              and not (k == "prompts_per_batch" and v is None)}  # unset: the fingerprint it always had
     record = {"policy": policy_id, "scored": [_sha256(Path(p)) for p in scored_paths], "settings": values,
               "num_processes": num_processes}
     if validation_paths:

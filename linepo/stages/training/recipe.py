@@ -19,6 +19,7 @@ is the *global* batch, and each process takes ``batch_size / (N × gradient_accu
 pairs per forward, every N-th micro-batch of the one seeded order, so a step trains on the
 pairs a single process would (tests/test_training_multiprocess.py). Rank 0 alone prepares
 the side folder, writes the final policy atomically and removes the side folder.
+With ``prompts_per_batch`` (one process) a batch is all pairs of K prompts (:mod:`.groups`).
 
 This module is long because one class holds a training job's whole lifecycle, whose order
 is the point (resume check, train, select, save plain or sharded, provenance, cleanup).
@@ -41,6 +42,7 @@ from linepo.stages.training.checkpoints import (FINGERPRINT_FILE, SELECTION_FILE
                                                 _as_saved, _best_checkpoints_callback, _checkpoint_step,
                                                 _clear_side_folder, fingerprint, latest_checkpoint)
 from linepo.stages.training.data import PairCollator, pair_features, read_scored
+from linepo.stages.training.groups import GroupCollator, prompt_groups
 from linepo.stages.training.settings import TrainSettings, world_size
 from linepo.stages.training.trainer import _log_callback, _trainer_class
 
@@ -112,12 +114,13 @@ class PreferenceTraining:
                              "launch with `linepo train --num-processes N` (or `accelerate launch`)")
         self._prepare_side_folder(args.world_size)
         trainer_class = _trainer_class()
+        grouped = self.settings.prompts_per_batch is not None  # items are prompts' pair groups (.groups)
         self.trainer = trainer_class(
             model=self.model,
             args=args,
-            train_dataset=features,
+            train_dataset=prompt_groups(features, table.column("prompt").to_pylist()) if grouped else features,
             eval_dataset=eval_features,
-            data_collator=PairCollator(self.pad_token_id),
+            data_collator=(GroupCollator if grouped else PairCollator)(self.pad_token_id),
             loss_name=self.settings.loss,
             eta=float(self.settings.eta),
             tau=float(self.settings.tau),
@@ -132,6 +135,8 @@ class PreferenceTraining:
             self.trainer.add_callback(self.selection)
         for callback in self.callbacks:
             self.trainer.add_callback(callback)
+        if grouped:
+            self.stats["prompts"] = len(self.trainer.train_dataset)
         self.stats.update(pairs=len(features), loss=self.settings.loss, eta=self.settings.eta,
                           eta_tau=self.settings.eta_tau)
         if eval_features is not None:
@@ -189,6 +194,7 @@ class PreferenceTraining:
         # (even_batches) with pairs from the epoch's start: unequal batches would leave a
         # process waiting in the gradient all-reduce.
         per_device = s.per_device_batch_size(world_size())  # before TrainingArguments: a bad batch writes nothing
+        s.check_prompts_per_batch(world_size())
         try:
             return self._make_arguments(TrainingArguments, optional, torch.cuda.is_available(), per_device)
         except ValueError as err:  # e.g. an unknown lr_scheduler_type or optim
@@ -202,7 +208,7 @@ class PreferenceTraining:
             num_train_epochs=float(s.epochs),
             # per process; the global batch (pairs per optimizer step) is this × processes ×
             # accumulation steps = s.batch_size
-            per_device_train_batch_size=per_device_batch_size,
+            per_device_train_batch_size=int(s.prompts_per_batch or per_device_batch_size),  # grouped: K prompts
             gradient_accumulation_steps=int(s.gradient_accumulation_steps),
             learning_rate=float(s.learning_rate),
             lr_scheduler_type=s.lr_scheduler_type,

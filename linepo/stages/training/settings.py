@@ -54,6 +54,9 @@ class TrainSettings:
     epochs: float = setting(3.0, "passes over the pairs")
     batch_size: int = setting(32, "pairs per optimizer step over all processes (the global batch)")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step in each process")
+    prompts_per_batch: int | None = setting(None, "each optimizer step trains on all pairs of this many prompts "
+                                                  "(seeded order), forwarding each distinct response once; "
+                                                  "unset: batch_size pairs per step", low=1)
     learning_rate: float = setting(5e-7, "peak learning rate (the paper's recipe, Tunstall et al. 2023)")
     lr_scheduler_type: str = setting("linear", "any transformers scheduler name")
     warmup_ratio: float = setting(0.0, "share of optimizer steps spent warming up, in [0, 1]")
@@ -157,6 +160,7 @@ class TrainSettings:
                      "logging_steps", "eval_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{_flag(name)}: must be at least 1, got {getattr(self, name)}")
+        self.check_prompts_per_batch()
         if self.max_length < 8:
             raise InputError(f"--max-length: must be at least 8, got {self.max_length}")
         self.per_device_batch_size(1)  # the accumulation steps must divide the batch
@@ -178,6 +182,28 @@ class TrainSettings:
         if self.fsdp_config is not None and not isinstance(self.fsdp_config, (dict, str)):
             raise InputError(f"fsdp_config: must be a dict or a path, got {self.fsdp_config!r}")
         return self
+
+    def check_prompts_per_batch(self, num_processes: int = 1) -> None:
+        """``prompts_per_batch``: unset, or an integer >= 1 with one process and no gradient accumulation.
+
+        Raises:
+            InputError: one line naming the setting (its flag and its config key).
+        """
+        value = self.prompts_per_batch
+        if value is None:
+            return
+        where = "--prompts-per-batch (training.prompts_per_batch)"
+        if isinstance(value, bool) or not isinstance(value, int):
+            if not (isinstance(value, float) and not isinstance(value, bool) and value.is_integer()):
+                raise InputError(f"{where}: must be an integer >= 1, got {value!r}")
+        if value < 1:
+            raise InputError(f"{where}: must be at least 1, got {value!r}")
+        if self.gradient_accumulation_steps != 1:
+            raise InputError(f"{where}: needs gradient_accumulation_steps 1 (a batch is all pairs of its "
+                             f"prompts), got {self.gradient_accumulation_steps}")
+        if num_processes > 1:
+            raise InputError(f"{where}: trains in one process only, not {num_processes}; unset it to train "
+                             "data-parallel")
 
     def use_bf16(self) -> bool:
         """Resolve ``bf16``: "auto" is true only with a CUDA GPU that supports bf16."""

@@ -19,11 +19,19 @@ class NonFiniteLossError(RuntimeError):
 
 
 def pair_loss(model, batch: dict, loss_name: str, *, eta: float, tau: float):
-    """(mean loss, per-pair losses (B,), policy log-probs (2B,)) of a collated batch; with grad."""
+    """(mean loss, per-pair losses (B,), policy log-probs (2B,)) of a collated batch; with grad.
+
+    A grouped batch (:class:`.groups.GroupCollator`) holds each distinct sequence once; its
+    ``chosen_index``/``rejected_index`` pick each pair's log-probs from those rows.
+    """
+    import torch
+
     from linepo.losses import PairLogProbs, preference_loss
     from linepo.stages.scoring import response_logprobs
 
     logps = response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])  # (2B,)
+    if "chosen_index" in batch:  # (U,) distinct rows → (2B,) chosen then rejected
+        logps = torch.cat([logps[batch["chosen_index"]], logps[batch["rejected_index"]]])
     n = logps.shape[0] // 2
     pairs = PairLogProbs(
         policy_chosen=logps[:n],
