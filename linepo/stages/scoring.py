@@ -23,6 +23,9 @@ room, then the *end* of its response. Both responses of a pair are truncated ind
 log π_ref(y±|x) and log μ_k(y±|x), computed without gradients, so that training holds only
 the policy in memory. When the reference and the anchor are the same folder the model is
 loaded and run once.
+
+This module is long because scoring and training must share one tokenisation, truncation and
+log-prob rule (and the scorer's deduplication and MNPO's mixed anchor build on it).
 """
 
 from __future__ import annotations
