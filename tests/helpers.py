@@ -116,6 +116,22 @@ class StopAt:
         return _Stop()
 
 
+def train_full_and_crashed(parent, scored, tmp_path, settings, *, stop_at: int = 5):
+    """Train ``settings`` on ``scored`` uninterrupted (into tmp_path/full) and once killed at
+    optimizer step ``stop_at`` (into tmp_path/cut, side folder tmp_path/cut.partial): returns
+    (the full run's stats, the side folder), for a test to resume from it."""
+    import pytest
+
+    from linepo.stages.training import train_policy
+
+    full = train_policy(parent, scored, tmp_path / "full", resume_dir=tmp_path / "full.partial", settings=settings)
+    side = tmp_path / "cut.partial"
+    with pytest.raises(KeyboardInterrupt):
+        train_policy(parent, scored, tmp_path / "cut", resume_dir=side, settings=settings,
+                     callbacks=[StopAt(stop_at)])
+    return full, side
+
+
 
 
 # ----------------------------------------------------------------------------- judges

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import StopAt, build_tiny_policy, fast_settings, sha256  # noqa: E402
+from helpers import build_tiny_policy, fast_settings, sha256, train_full_and_crashed  # noqa: E402
 from workflow_utils import default_realisation  # noqa: E402
 
 from linepo import toy as embedded  # noqa: E402
@@ -211,12 +211,7 @@ def test_unset_prompts_per_batch_keeps_the_resume_fingerprint():
 
 def test_grouped_resume_after_crash_is_byte_identical(data, tmp_path):
     settings = grouped(epochs=3, save_steps=2)  # 3 steps per epoch, 9 in all
-    full = train_policy(data / "parent", [data / "scored.parquet"], tmp_path / "full",
-                        resume_dir=tmp_path / "full.partial", settings=settings)
-    side = tmp_path / "cut.partial"
-    with pytest.raises(KeyboardInterrupt):
-        train_policy(data / "parent", [data / "scored.parquet"], tmp_path / "cut", resume_dir=side,
-                     settings=settings, callbacks=[StopAt(5)])
+    full, side = train_full_and_crashed(data / "parent", [data / "scored.parquet"], tmp_path, settings)
     resumed = train_policy(data / "parent", [data / "scored.parquet"], tmp_path / "cut", resume_dir=side,
                            settings=settings)
     assert resumed["resumed_from_step"] == 4

@@ -7,7 +7,6 @@ time naming its key."""
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import numpy as np
@@ -17,11 +16,10 @@ from linepo.errors import InputError
 from linepo.evaluation import prox_fidelity as pf
 from linepo.games import game as games
 from linepo.games import peers
-from linepo.workflow.config import validate_config
 from linepo.workflow.plan import build_plan, describe
 from linepo.workflow.schedules import training_steps
 from linepo.workflow.wiring import Wiring
-from workflow_utils import tiny_config
+from workflow_utils import TWO_BY_TWO_POSITIONS, step_nodes, tiny_config, two_split_plan, validated_tiny
 
 ETA, ETA_TAU = 4.0, 0.5
 TAU = ETA_TAU / ETA  # the tabular τ of a run's ητ
@@ -38,29 +36,22 @@ RUNS = {
     "egpo": {"algorithm": "egpo", "eta": ETA, "eta_tau": ETA_TAU, "rounds": 2},
     "onpo": {"algorithm": "onpo", "eta": ETA, "rounds": 2},
 }
-POSITIONS = [(1, "0"), (1, "1"), (2, "0"), (2, "1")]  # step t = 0..3: (round, split s_t)
+POSITIONS = TWO_BY_TWO_POSITIONS  # step t = 0..3: (round, split s_t)
 
 
 def config(runs=None, **edits) -> dict:
-    raw = tiny_config(runs=copy.deepcopy(RUNS if runs is None else runs))
-    raw.update(edits)
-    return validate_config(raw)
+    return validated_tiny(RUNS if runs is None else runs, **edits)
 
 
 @pytest.fixture(scope="module")
 def plan():
-    built = build_plan(config())
-    assert built.num_splits == 2
-    return built
+    return two_split_plan(RUNS)
 
 
 def recipe(plan, step) -> dict:
     """What a training step's nodes say: the policy that sampled its pairs, its scored node's
     reference and anchor (or mixture), its parent and where its pairs come from."""
-    node = plan.policies[step.policy]
-    scored = plan.scored[node.scored[0]]
-    (pref_id,) = scored.prefs
-    sample = plan.samples[plan.prefs[pref_id].sample]
+    node, scored, pref_id, sample = step_nodes(plan, step)
     assert (node.parent, node.reference, scored.reference) == (step.parent, step.reference, step.reference)
     assert sample.policy == step.sampler and scored.anchor == step.anchor_policy
     assert scored.mixture == step.mixture

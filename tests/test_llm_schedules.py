@@ -6,7 +6,6 @@ trajectory, methods share nodes wherever their recipes agree, and a bad run fail
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import subprocess
 import sys
@@ -18,11 +17,10 @@ import yaml
 from linepo.errors import InputError
 from linepo.evaluation import prox_fidelity as pf
 from linepo.games import game as games
-from linepo.workflow.config import validate_config
 from linepo.workflow.plan import build_plan, describe
 from linepo.workflow.schedules import training_steps
 from linepo.workflow.wiring import Wiring
-from workflow_utils import REPO, tiny_config
+from workflow_utils import REPO, TWO_BY_TWO_POSITIONS, step_nodes, tiny_config, two_split_plan, validated_tiny
 
 ETA = 4.0
 RUNS = {
@@ -30,29 +28,22 @@ RUNS = {
     "mp": {"algorithm": "mirror_prox", "eta": ETA, "rounds": 2},
     "omwu": {"algorithm": "omwu", "eta": ETA, "rounds": 2},
 }
-POSITIONS = [(1, "0"), (1, "1"), (2, "0"), (2, "1")]  # step t = 0..3: (round, split s_t)
+POSITIONS = TWO_BY_TWO_POSITIONS  # step t = 0..3: (round, split s_t)
 
 
 def config(runs=None, **edits) -> dict:
-    raw = tiny_config(runs=copy.deepcopy(RUNS if runs is None else runs))
-    raw.update(edits)
-    return validate_config(raw)
+    return validated_tiny(RUNS if runs is None else runs, **edits)
 
 
 @pytest.fixture(scope="module")
 def plan():
-    built = build_plan(config())
-    assert built.num_splits == 2
-    return built
+    return two_split_plan(RUNS)
 
 
 def recipe(plan, step) -> dict:
     """What a training step's nodes say: its sampler (the scored node's anchor, which is the policy
     that drew its samples), reference, parent, and where its pairs come from."""
-    node = plan.policies[step.policy]
-    scored = plan.scored[node.scored[0]]
-    (pref_id,) = scored.prefs
-    sample = plan.samples[plan.prefs[pref_id].sample]
+    node, scored, pref_id, sample = step_nodes(plan, step)
     assert sample.policy == scored.anchor  # the anchor is the policy that sampled the pairs
     assert (node.parent, node.reference, scored.reference) == (step.parent, step.reference, step.reference)
     assert scored.anchor == step.sampler

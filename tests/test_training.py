@@ -19,7 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import (LOSS_SETTINGS, NUM_PAIRS, StopAt, build_tiny_policy, evaluate, fast_settings,  # noqa: E402
+from helpers import (LOSS_SETTINGS, NUM_PAIRS, StopAt, build_tiny_policy, evaluate, fast_settings, train_full_and_crashed,  # noqa: E402
                      preference_rows, sha256)
 
 from linepo.cli import main  # noqa: E402
@@ -217,12 +217,7 @@ def test_settings_merge_config_json_then_flags():
 
 def test_resume_after_crash_is_byte_identical(data, tmp_path, caplog):
     settings = fast_settings(batch_size=5, epochs=3, save_steps=2)  # 3 steps/epoch, last batch short
-    full = train_policy(data / "parent", [data / "scored_anchor.parquet"], tmp_path / "full",
-                        resume_dir=tmp_path / "full.partial", settings=settings)
-    side = tmp_path / "cut.partial"
-    with pytest.raises(KeyboardInterrupt):
-        train_policy(data / "parent", [data / "scored_anchor.parquet"], tmp_path / "cut", resume_dir=side,
-                     settings=settings, callbacks=[StopAt(5)])
+    full, side = train_full_and_crashed(data / "parent", [data / "scored_anchor.parquet"], tmp_path, settings)
     assert not (tmp_path / "cut").exists()
     assert sorted(p.name for p in side.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     with caplog.at_level(logging.INFO, logger="linepo.stages.training"):

@@ -50,6 +50,38 @@ def tiny_config(**sections) -> dict:
     return {**yaml.safe_load(yaml.safe_dump(TINY_BASE)), **sections}
 
 
+def validated_tiny(runs: dict, **sections) -> dict:
+    """The validated :func:`tiny_config` with these ``runs`` (deep-copied) and ``sections``."""
+    import copy
+
+    from linepo.workflow.config import validate_config
+
+    raw = tiny_config(runs=copy.deepcopy(runs))
+    raw.update(sections)
+    return validate_config(raw)
+
+
+#: The training positions of a 2-round × 2-split schedule: step t = 0..3 as (round, split s_t).
+TWO_BY_TWO_POSITIONS = [(1, "0"), (1, "1"), (2, "0"), (2, "1")]
+
+
+def two_split_plan(runs: dict):
+    """The plan of :func:`validated_tiny` with these runs (2 prompt splits)."""
+    from linepo.workflow.plan import build_plan
+
+    plan = build_plan(validated_tiny(runs))
+    assert plan.num_splits == 2
+    return plan
+
+
+def step_nodes(plan, step) -> tuple:
+    """A training step's (policy node, scored node, prefs id, sample node) in the plan."""
+    node = plan.policies[step.policy]
+    scored = plan.scored[node.scored[0]]
+    (pref_id,) = scored.prefs
+    return node, scored, pref_id, plan.samples[plan.prefs[pref_id].sample]
+
+
 def copy_workflow(destination: Path) -> Path:
     """Copy the workflow files (not results) into ``destination``; returns it."""
     for name in WORKFLOW_FILES:
