@@ -19,6 +19,7 @@ from linepo.algorithms import ALGORITHMS
 from linepo.stages.parallel import shard_count
 from linepo.workflow.evalplan import EvalPlan, build_eval_plan, summary_path
 from linepo.workflow.plan import Plan, build_plan
+from linepo.workflow.schedules import TWO_STEP
 
 #: The algorithms whose steps.tsv and Prox-fidelity spec name each step's sampler and anchor.
 PEERS = ("mnpo", "onpo", "egpo")
@@ -193,8 +194,6 @@ class Wiring:
         return json.dumps(rows)
 
     def _two_step(self, run: str) -> bool:
-        from linepo.workflow.schedules import TWO_STEP
-
         return ALGORITHMS[self.config["runs"][run]["algorithm"]].schedule in TWO_STEP
 
     def _peer(self, run: str) -> bool:
