@@ -221,12 +221,19 @@ def mirror_descent(matrix, init, *, eta: float, iterations: int, tol: float | No
     return trajectory_of("md", matrix, policies, eta=eta, **_tol_params(tol))
 
 
-def regularized_step(matrix, mu, reference, *, eta: float, tau: float) -> np.ndarray:
+def regularized_step(matrix, mu, reference, *, eta: float, tau: float, anchor=None) -> np.ndarray:
     """One step of Algorithm 2: μ' = Prox(μ, η g_τ), g_τ = P(·≻μ) − τ(log μ/π_ref + 1).
 
     Equivalently μ' ∝ π_ref^{ητ} · μ^{1−ητ} · exp(η P μ): the minimiser of the INPO loss
-    on pairs drawn from μ (Appendix F).
+    on pairs drawn from μ (Appendix F). With ``anchor`` a (positive, unnormalised allowed),
+    the centre's μ is a: μ' ∝ π_ref^{ητ} · a^{1−ητ} · exp(η P μ), the minimiser of the
+    INPO-form loss (Δπ − ητΔπ_ref − (1−ητ)Δa − η/2)² on pairs from μ — EGPO's full step
+    (a = π^t) and MNPO's step (a = Π_j π_j^{λ_j}).
     """
+    if anchor is not None:
+        eta_tau = eta * tau
+        centre = eta_tau * np.log(reference) + (1.0 - eta_tau) * np.log(anchor)
+        return prox(np.exp(centre - centre.max()), eta * win_rates_against(matrix, mu))
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.where(mu > 0, np.log(mu) - np.log(reference), 0.0)
     gradient = win_rates_against(matrix, mu) - tau * (log_ratio + 1.0)
