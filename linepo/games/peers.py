@@ -26,12 +26,12 @@ import numpy as np
 from linepo.games.game import (
     InvalidGameError,
     _tol_params,
-    outer_rounds,
     prox,
     reached,
     regularized_step,
     trajectory_of,
     win_rates_against,
+    with_moving_reference,
 )
 
 
@@ -134,31 +134,6 @@ def mnpo(matrix, init, *, eta: float, tau: float, iterations: int, window: int =
     return trajectory_of("mnpo" if inner_steps is None else "mnpo_moves", matrix, policies, rounds=rounds,
                          eta=eta, tau=tau, window=window, weights=list(weights),
                          **_moves_params(inner_steps), **_tol_params(tol))
-
-
-def with_moving_reference(matrix, init, step, *, iterations: int, reference=None, inner_steps: int | None,
-                          tol: float | None):
-    """Iterate ``step(policies, reference) -> next policy`` from ``init``: (policies, rounds).
-
-    ``inner_steps`` None: a fixed reference (default ``init``), ``tol`` checked before every
-    update. Otherwise the meta-algorithm of paper §3.3 (Algorithm 1) over this solver: the
-    reference moves to the current policy after every ``inner_steps`` updates, and ``tol`` is
-    checked where Algorithm 1 outputs a policy, at the start and after each round
-    (:func:`linepo.games.game.reached`), exactly as :func:`linepo.games.game.linepo`.
-    """
-    reference = init if reference is None else reference
-    policies = [init]
-    if inner_steps is not None and inner_steps < 1:
-        raise InvalidGameError(f"inner_steps must be ≥ 1, got {inner_steps}")
-    for count in range(1, iterations + 1):
-        at_round_start = inner_steps is None or (count - 1) % inner_steps == 0
-        if at_round_start and reached(matrix, policies[-1], tol):
-            break
-        policies.append(step(policies, reference))
-        if inner_steps is not None and count % inner_steps == 0:
-            reference = policies[-1]
-    rounds = None if inner_steps is None else outer_rounds(len(policies) - 1, inner_steps)
-    return policies, rounds
 
 
 def _moves_params(inner_steps):
