@@ -57,6 +57,9 @@ class Algorithm:
     doc: str = ""
     schedule: str = "single"  #: one of SCHEDULES (see the module doc); iterative only
     movable: bool = False  #: its fixed reference may move at named rounds (``reference_moves``)
+    #: its steps.tsv and Prox-fidelity spec name each step's sampler and anchor (the methods
+    #: added with MNPO; the older runs' files stay as they were, so nothing of theirs reruns)
+    names_anchors: bool = False
 
     @property
     def iterative(self) -> bool:
@@ -79,17 +82,20 @@ REGISTRY = (
               exact="linepo", movable=True,
               doc="LINE-PO (Algorithm 3): INPO whose reference moves; converges to the Nash policy"),
     Algorithm("mirror_prox", "Mirror-Prox", "ipo", "current", False, exact="mirror_prox", schedule="extragradient",
+              sampled="mirror_prox_sampled",
               doc="Mirror-Prox (Appendix H): an IPO extrapolation step from π^t, then the IPO update from π^t "
                   "on pairs of the extrapolated policy"),
-    Algorithm("omwu", "OMWU", "ipo", "current", False, exact="omwu", schedule="optimistic",
+    Algorithm("omwu", "OMWU", "ipo", "current", False, exact="omwu", schedule="optimistic", sampled="omwu_sampled",
               doc="optimistic MWU (Appendix H): Mirror-Prox whose half step reuses the previous step's pairs"),
     Algorithm("mnpo", "MNPO", "inpo", "fixed", False, params=("eta_tau", "window", "weights"), exact="mnpo",
-              schedule="mixture", movable=True,
+              schedule="mixture", movable=True, sampled="mnpo_sampled", names_anchors=True,
               doc="MNPO (arXiv 2509.23102): INPO whose anchor is a weighted mixture of the last `window` iterates"),
-    Algorithm("onpo", "ONPO", "ipo", "current", False, exact="onpo", schedule="omd",
+    Algorithm("onpo", "ONPO", "ipo", "current", False, exact="onpo", schedule="omd", sampled="onpo_sampled",
+              names_anchors=True,
               doc="ONPO (arXiv 2502.16852): optimistic OMD, two IPO fits per step on pairs of π_t"),
     Algorithm("egpo", "EGPO", "inpo", "fixed", False, params=("eta_tau",), exact="egpo", schedule="extragradient",
-              movable=True, doc="EGPO (COLM 2025): extragradient on the KL-regularised game, INPO-type fits"),
+              movable=True, sampled="egpo_sampled", names_anchors=True,
+              doc="EGPO (COLM 2025): extragradient on the KL-regularised game, INPO-type fits"),
 )
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in REGISTRY}
@@ -99,5 +105,20 @@ LOSS_NAMES = tuple(dict.fromkeys(a.loss for a in REGISTRY))
 
 
 def sampled_dynamics() -> dict[str, tuple[str, str]]:
-    """The sample-based tabular algorithms: ``{name: (loss, reference rule)}``."""
-    return {a.sampled: (a.loss, a.reference) for a in REGISTRY if a.sampled}
+    """The one-fit-per-step sample-based tabular algorithms (:mod:`linepo.games.sampled`):
+    ``{name: (loss, reference rule)}``."""
+    return {a.sampled: (a.loss, a.reference) for a in REGISTRY if a.sampled and a.schedule == "single"}
+
+
+def sampled_schedules() -> dict[str, tuple[Algorithm, bool]]:
+    """The other schedules' sample-based twins (:mod:`linepo.games.sampled_peers`):
+    ``{name: (algorithm, reference moves)}`` — each algorithm's ``sampled`` twin, and for a
+    movable one a ``<name>_moves_sampled`` twin whose reference moves every ``inner_steps``
+    (INPO's is ``linepo_sampled``)."""
+    twins = {}
+    for a in REGISTRY:
+        if a.sampled and a.schedule != "single":
+            twins[a.sampled] = (a, False)
+            if a.movable:
+                twins[f"{a.name}_moves_sampled"] = (a, True)
+    return twins

@@ -41,8 +41,10 @@ def register(subparsers) -> None:
         "game",
         help="run exact or sample-based dynamics on a preference matrix (paper §4)",
         description="Run one algorithm on a symmetric preference game P[i][j] = P(y_i ≻ y_j). "
-        "Exact: md, linepo, inpo, omwu, mirror_prox, mnpo, onpo, egpo. Sample-based (Figure 2): "
-        "iter_dpo, iter_ipo, sppo, inpo_sampled, linepo_sampled.",
+        "Exact: md, linepo, inpo, omwu, mirror_prox, mnpo, onpo, egpo, and mnpo_moves, egpo_moves "
+        "(their reference moves every --inner-steps, LINE-PO over MNPO/EGPO). Sample-based, on the "
+        "LLM trainer's losses (Figure 2): iter_dpo, iter_ipo, sppo, inpo_sampled, linepo_sampled, "
+        "and <method>_sampled for mirror_prox, omwu, mnpo, onpo, egpo, mnpo_moves, egpo_moves.",
     )
     game.add_argument("--matrix", help="JSON list of lists; default: the paper's 3×3 game")
     game.add_argument("--init", help="JSON start policy with positive entries; default [0.2, 0.5, 0.3] (uniform for n ≠ 3)")
@@ -52,7 +54,7 @@ def register(subparsers) -> None:
     game.add_argument("--eta", type=_positive(float), default=DEFAULTS.eta, help="step size η; KL weight is 1/η (default %(default)s)")
     game.add_argument("--tau", type=_positive(float), default=DEFAULTS.tau, help="regularisation τ of J_τ (default %(default)s)")
     game.add_argument("--inner-steps", type=_positive(int), default=DEFAULTS.inner_steps,
-                      help="LINE-PO: updates per outer round before the reference moves (default %(default)s)")
+                      help="linepo, *_moves: updates per outer round before the reference moves (default %(default)s)")
     game.add_argument("--window", type=int, default=DEFAULTS.window,
                       help="mnpo: past iterates mixed into the loss's centre, ≥ 1 (default %(default)s)")
     game.add_argument("--weights", metavar="JSON",
@@ -63,7 +65,7 @@ def register(subparsers) -> None:
     game.add_argument("--seed", type=int, default=DEFAULTS.seed, help="sample-based: RNG seed (default %(default)s)")
     game.add_argument("--tol", type=_tolerance, metavar="X",
                       help="stop once the last iterate's duality gap is ≤ X (checked every iteration; "
-                      "linepo and linepo_sampled: at the end of each outer round), --iterations being "
+                      "linepo, *_moves and their sampled twins: at the end of each outer round), --iterations being "
                       "the maximum; the output says whether X was reached (--json: tol, converged, "
                       "iterations_run). Sampled algorithms check the exact gap of their noisy iterates, "
                       "which hover at a floor ~1/sqrt(--samples): a smaller X is normally not reached. "

@@ -205,11 +205,8 @@ def prox_target(loss: str, matrix, mu, reference, *, eta: float, eta_tau: float 
     μ_k its (unnormalised, positive) anchor; see the module doc for each loss."""
     matrix = np.asarray(matrix, dtype=float)
     check_parameters(loss, eta, eta_tau)
-    if loss == "inpo" and anchor is not None:
-        centre = eta_tau * np.log(reference) + (1 - eta_tau) * np.log(anchor)
-        return prox(np.exp(centre - centre.max()), eta * win_rates_against(matrix, mu))
     if loss == "inpo":
-        return regularized_step(matrix, mu, reference, eta=eta, tau=eta_tau / eta)
+        return regularized_step(matrix, mu, reference, eta=eta, tau=eta_tau / eta, anchor=anchor)
     if loss in ("ipo", "sppo"):
         return prox(reference, eta * win_rates_against(matrix, mu))
     return prox(reference, dpo_fit(matrix, np.asarray(mu)[None, :], eta=eta)[0])

@@ -221,12 +221,19 @@ def mirror_descent(matrix, init, *, eta: float, iterations: int, tol: float | No
     return trajectory_of("md", matrix, policies, eta=eta, **_tol_params(tol))
 
 
-def regularized_step(matrix, mu, reference, *, eta: float, tau: float) -> np.ndarray:
+def regularized_step(matrix, mu, reference, *, eta: float, tau: float, anchor=None) -> np.ndarray:
     """One step of Algorithm 2: μ' = Prox(μ, η g_τ), g_τ = P(·≻μ) − τ(log μ/π_ref + 1).
 
     Equivalently μ' ∝ π_ref^{ητ} · μ^{1−ητ} · exp(η P μ): the minimiser of the INPO loss
-    on pairs drawn from μ (Appendix F).
+    on pairs drawn from μ (Appendix F). With ``anchor`` a (positive, unnormalised allowed),
+    the centre's μ is a: μ' ∝ π_ref^{ητ} · a^{1−ητ} · exp(η P μ), the minimiser of the
+    INPO-form loss (Δπ − ητΔπ_ref − (1−ητ)Δa − η/2)² on pairs from μ — EGPO's full step
+    (a = π^t) and MNPO's step (a = Π_j π_j^{λ_j}).
     """
+    if anchor is not None:
+        eta_tau = eta * tau
+        centre = eta_tau * np.log(reference) + (1.0 - eta_tau) * np.log(anchor)
+        return prox(np.exp(centre - centre.max()), eta * win_rates_against(matrix, mu))
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.where(mu > 0, np.log(mu) - np.log(reference), 0.0)
     gradient = win_rates_against(matrix, mu) - tau * (log_ratio + 1.0)
@@ -254,17 +261,38 @@ def linepo(matrix, init, *, eta: float, tau: float, inner_steps: int, iterations
     ``tol``, the run stops at the end of the first outer round (or at the start) whose
     policy has duality gap ≤ ``tol``; see :func:`reached`.
     """
-    reference = init
-    policies = [init]
-    if not reached(matrix, init, tol):
-        for step in range(1, iterations + 1):
-            policies.append(regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau))
-            if step % inner_steps == 0:
-                reference = policies[-1]
-                if reached(matrix, reference, tol):
-                    break
-    return trajectory_of("linepo", matrix, policies, rounds=outer_rounds(len(policies) - 1, inner_steps),
+    def step(policies, reference):
+        return regularized_step(matrix, policies[-1], reference, eta=eta, tau=tau)
+
+    policies, rounds = with_moving_reference(matrix, init, step, iterations=iterations,
+                                             inner_steps=inner_steps, tol=tol)
+    return trajectory_of("linepo", matrix, policies, rounds=rounds,
                          eta=eta, tau=tau, inner_steps=inner_steps, **_tol_params(tol))
+
+
+def with_moving_reference(matrix, init, step, *, iterations: int, reference=None, inner_steps: int | None,
+                          tol: float | None):
+    """Iterate ``step(policies, reference) -> next policy`` from ``init``: (policies, rounds).
+
+    ``inner_steps`` None: a fixed reference (default ``init``), ``tol`` checked before every
+    update. Otherwise the meta-algorithm of paper §3.3 (Algorithm 1) over this solver: the
+    reference moves to the current policy after every ``inner_steps`` updates, and ``tol`` is
+    checked where Algorithm 1 outputs a policy, at the start and after each round
+    (:func:`reached`); :func:`linepo` is it over INPO's step.
+    """
+    reference = init if reference is None else reference
+    policies = [init]
+    if inner_steps is not None and inner_steps < 1:
+        raise InvalidGameError(f"inner_steps must be ≥ 1, got {inner_steps}")
+    for count in range(1, iterations + 1):
+        at_round_start = inner_steps is None or (count - 1) % inner_steps == 0
+        if at_round_start and reached(matrix, policies[-1], tol):
+            break
+        policies.append(step(policies, reference))
+        if inner_steps is not None and count % inner_steps == 0:
+            reference = policies[-1]
+    rounds = None if inner_steps is None else outer_rounds(len(policies) - 1, inner_steps)
+    return policies, rounds
 
 
 def optimistic_mwu(matrix, init, *, eta: float, iterations: int, tol: float | None = None) -> Trajectory:

@@ -28,8 +28,10 @@ from linepo.games.game import (
     _tol_params,
     prox,
     reached,
+    regularized_step,
     trajectory_of,
     win_rates_against,
+    with_moving_reference,
 )
 
 
@@ -102,32 +104,40 @@ def mnpo_step(matrix, history, reference, *, eta: float, tau: float, weights) ->
     enter only through the centre of the loss. The code's ``ratio`` is ητ here, its
     ``1/(2·eta)`` shift our η/2 scale. Window 1, weights [1] is INPO's update exactly.
     """
-    lam = history_weights(weights, len(history))
-    centre = eta * tau * _log(reference)
-    for weight, past in zip(lam, history):
-        if weight:
-            centre = centre + (1.0 - eta * tau) * weight * _log(past)
-    return _normalise_logits(centre + eta * win_rates_against(matrix, history[0]))
+    return regularized_step(matrix, history[0], reference, eta=eta, tau=tau,
+                            anchor=geometric_mixture(history, history_weights(weights, len(history))))
+
+
+def geometric_mixture(policies, weights) -> np.ndarray:
+    """Π_j policies_j^{weights_j}, scaled to max 1 (unnormalised: only its logs' differences count)."""
+    log_mix = sum(w * _log(p) for w, p in zip(weights, policies) if w)
+    return np.exp(log_mix - log_mix.max())
 
 
 def mnpo(matrix, init, *, eta: float, tau: float, iterations: int, window: int = 1, weights=None,
-         reference=None, tol: float | None = None):
+         reference=None, inner_steps: int | None = None, tol: float | None = None):
     """MNPO (:func:`mnpo_step`) from ``init`` with a fixed reference (default ``init``).
 
     Converges to the J_τ equilibrium (:func:`regularized_equilibrium`): at a fixed point
     log π = ητ log π_ref + (1−ητ) log π + η Pπ + c, i.e. π ∝ π_ref·exp(Pπ/τ). With ``tol``
     it stops before the next update once the iterate's duality gap (on J) is ≤ ``tol``.
+    ``inner_steps``: the reference moves to the current policy after every ``inner_steps``
+    updates (LINE-PO over MNPO, paper §3.3; :func:`with_moving_reference`).
     """
     window, weights = validate_mixture(window, weights)
-    reference = init if reference is None else reference
-    policies = [init]
-    for _ in range(iterations):
-        if reached(matrix, policies[-1], tol):
-            break
-        history = policies[::-1][:window]
-        policies.append(mnpo_step(matrix, history, reference, eta=eta, tau=tau, weights=weights))
-    return trajectory_of("mnpo", matrix, policies, eta=eta, tau=tau, window=window,
-                         weights=list(weights), **_tol_params(tol))
+
+    def step(policies, reference):
+        return mnpo_step(matrix, policies[::-1][:window], reference, eta=eta, tau=tau, weights=weights)
+
+    policies, rounds = with_moving_reference(matrix, init, step, iterations=iterations, reference=reference,
+                                             inner_steps=inner_steps, tol=tol)
+    return trajectory_of("mnpo" if inner_steps is None else "mnpo_moves", matrix, policies, rounds=rounds,
+                         eta=eta, tau=tau, window=window, weights=list(weights),
+                         **_moves_params(inner_steps), **_tol_params(tol))
+
+
+def _moves_params(inner_steps):
+    return {} if inner_steps is None else {"inner_steps": inner_steps}
 
 
 # -- ONPO ---------------------------------------------------------------------------------
@@ -167,12 +177,11 @@ def onpo(matrix, init, *, eta: float, iterations: int, tol: float | None = None)
 def egpo_half_step(matrix, centre, opponent, reference, *, eta: float, tau: float) -> np.ndarray:
     """π ∝ centre^{1−ητ} · π_ref^{ητ} · exp(η P(·≻opponent)): the online-IPO-with-KL minimiser
     centred at ``centre`` on pairs from ``opponent``."""
-    logits = (1.0 - eta * tau) * _log(centre) + eta * tau * _log(reference)
-    return _normalise_logits(logits + eta * win_rates_against(matrix, opponent))
+    return regularized_step(matrix, opponent, reference, eta=eta, tau=tau, anchor=centre)
 
 
 def egpo(matrix, init, *, eta: float, tau: float, iterations: int, reference=None,
-         tol: float | None = None):
+         inner_steps: int | None = None, tol: float | None = None):
     """EGPO, extragradient preference optimisation (Zhou et al., "Extragradient Preference
     Optimization (EGPO): Beyond Last-Iterate Convergence for Nash Learning from Human
     Feedback", COLM 2025; code zhourunlong/EGPO ``lms/trainers/extragradient_trainer.py``):
@@ -186,16 +195,19 @@ def egpo(matrix, init, *, eta: float, tau: float, iterations: int, reference=Non
     the prox centre π^t (the magnetic / "PU" form of entropy-regularised extragradient), not
     at π^{t+½}; both have the same fixed point. Converges to the J_τ equilibrium
     (:func:`regularized_equilibrium`); π^{t+½} is not an iterate (``tol`` checks π^t).
+    ``inner_steps``: the reference moves every ``inner_steps`` updates
+    (:func:`with_moving_reference`; LINE-PO over EGPO).
     """
-    reference = init if reference is None else reference
-    policies = [init]
-    for _ in range(iterations):
+
+    def step(policies, reference):
         pi = policies[-1]
-        if reached(matrix, pi, tol):
-            break
         half = egpo_half_step(matrix, pi, pi, reference, eta=eta, tau=tau)
-        policies.append(egpo_half_step(matrix, pi, half, reference, eta=eta, tau=tau))
-    return trajectory_of("egpo", matrix, policies, eta=eta, tau=tau, **_tol_params(tol))
+        return egpo_half_step(matrix, pi, half, reference, eta=eta, tau=tau)
+
+    policies, rounds = with_moving_reference(matrix, init, step, iterations=iterations, reference=reference,
+                                             inner_steps=inner_steps, tol=tol)
+    return trajectory_of("egpo" if inner_steps is None else "egpo_moves", matrix, policies, rounds=rounds,
+                         eta=eta, tau=tau, **_moves_params(inner_steps), **_tol_params(tol))
 
 
 # -- an independent solver for the regularised equilibrium ---------------------------------

@@ -18,9 +18,12 @@ import numpy as np
 
 from linepo.games import game as games
 from linepo.games.sampled import SAMPLED_ALGORITHMS
+from linepo.games.sampled_peers import PEER_SAMPLED
 
-EXACT_ALGORITHMS = ("md", "linepo", "inpo", "omwu", "mirror_prox", "mnpo", "onpo", "egpo")
-ALGORITHMS = EXACT_ALGORITHMS + tuple(SAMPLED_ALGORITHMS)
+#: mnpo_moves, egpo_moves: LINE-PO's meta-algorithm over MNPO / EGPO (paper §3.3), the
+#: reference moving to the current policy every ``inner_steps`` updates (INPO's is ``linepo``)
+EXACT_ALGORITHMS = ("md", "linepo", "inpo", "omwu", "mirror_prox", "mnpo", "onpo", "egpo", "mnpo_moves", "egpo_moves")
+ALGORITHMS = EXACT_ALGORITHMS + tuple(SAMPLED_ALGORITHMS) + tuple(PEER_SAMPLED)
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,16 @@ def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULT
         return games.optimistic_mwu(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
     if algorithm == "mirror_prox":
         return games.mirror_prox(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
-    if algorithm in ("mnpo", "onpo", "egpo"):
+    if algorithm in ("mnpo", "onpo", "egpo", "mnpo_moves", "egpo_moves"):
         from linepo.games import peers
 
-        if algorithm == "mnpo":
+        moves = s.inner_steps if algorithm.endswith("_moves") else None
+        if algorithm.startswith("mnpo"):
             return peers.mnpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations,
-                              window=s.window, weights=s.weights, tol=tol)
+                              window=s.window, weights=s.weights, inner_steps=moves, tol=tol)
         if algorithm == "onpo":
             return peers.onpo(matrix, init, eta=s.eta, iterations=s.iterations, tol=tol)
-        return peers.egpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations, tol=tol)
+        return peers.egpo(matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations, inner_steps=moves, tol=tol)
     if algorithm in SAMPLED_ALGORITHMS:
         from linepo.games.sampled import run_sampled  # torch: imported only for sampled runs
 
@@ -76,19 +80,27 @@ def run_algorithm(algorithm: str, matrix, init, settings: GameSettings = DEFAULT
             algorithm, matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations,
             samples=s.samples, inner_steps=s.inner_steps, seed=s.seed, tol=tol,
         )
+    if algorithm in PEER_SAMPLED:
+        from linepo.games.sampled_peers import run_sampled_peer
+
+        return run_sampled_peer(algorithm, matrix, init, eta=s.eta, tau=s.tau, iterations=s.iterations,
+                                samples=s.samples, inner_steps=s.inner_steps, seed=s.seed,
+                                window=s.window, weights=s.weights, tol=tol)
     raise KeyError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
 def relevant_settings(algorithm: str) -> tuple[str, ...]:
     """The :class:`GameSettings` fields that change ``algorithm``'s trajectory."""
     keys = ["eta", "iterations"]
-    if algorithm in ("linepo", "inpo", "mnpo", "egpo") or SAMPLED_ALGORITHMS.get(algorithm, ("",))[0] == "inpo":
+    peer = PEER_SAMPLED[algorithm][0] if algorithm in PEER_SAMPLED else None
+    loss = SAMPLED_ALGORITHMS.get(algorithm, ("",))[0] or (peer.loss if peer else "")
+    if algorithm in ("linepo", "inpo", "mnpo", "egpo", "mnpo_moves", "egpo_moves") or loss == "inpo":
         keys.append("tau")
-    if algorithm in ("linepo", "linepo_sampled"):
+    if algorithm in ("linepo", "linepo_sampled", "mnpo_moves", "egpo_moves") or algorithm.endswith("_moves_sampled"):
         keys.append("inner_steps")
-    if algorithm == "mnpo":
+    if algorithm.startswith("mnpo"):
         keys += ["window", "weights"]
-    if algorithm in SAMPLED_ALGORITHMS:
+    if algorithm in SAMPLED_ALGORITHMS or peer:
         keys += ["samples", "seed"]
     return tuple(keys)
 

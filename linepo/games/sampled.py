@@ -23,7 +23,10 @@ from linepo.algorithms import sampled_dynamics
 from linepo.games.game import Trajectory, outer_rounds, reached, trajectory_of
 
 #: algorithm -> (loss name, how the reference evolves): the LLM algorithms' tabular twins
+#: (the two-fit and mixture schedules' twins: linepo.games.sampled_peers)
 SAMPLED_ALGORITHMS = sampled_dynamics()
+#: Every fitted policy is kept at least this far inside the simplex: log-probs must stay finite.
+FLOOR = 1e-12
 
 
 def draw_preferences(matrix: np.ndarray, policy: np.ndarray, samples: int, rng: np.random.Generator):
@@ -53,12 +56,16 @@ def fit_policy(
     reference: np.ndarray,
     eta: float,
     tau: float,
+    log_anchor: np.ndarray | None = None,
     max_iter: int = 200,
 ) -> np.ndarray:
     """Minimise the sampled loss over softmax logits, starting from the current policy.
 
-    Pairs of identical responses are dropped (their loss has no gradient). Returns the
-    minimising policy. L-BFGS in float64 solves these small smooth problems to ~1e-10.
+    ``log_anchor``: the INPO-form loss's anchor log μ (default log ``current``, the sampler of
+    a one-fit step); EGPO's full step passes log π^t, MNPO Σ_j λ_j log π_{t−j}
+    (:mod:`linepo.games.sampled_peers`). Pairs of identical responses are dropped (their loss
+    has no gradient). Returns the minimising policy. L-BFGS in float64 solves these small
+    smooth problems to ~1e-10.
     """
     import torch
 
@@ -73,6 +80,7 @@ def fit_policy(
     rejected = torch.from_numpy(rejected_idx)
     log_reference = torch.from_numpy(np.log(reference))
     log_current = torch.from_numpy(np.log(current))
+    anchor = log_current if log_anchor is None else torch.from_numpy(np.asarray(log_anchor, dtype=float))
     # P̂(y ≻ μ): each pair is one Bernoulli trial for both its members.
     win_rate = torch.from_numpy(wins.sum(axis=1) / np.maximum(appearances, 1))
     logits = log_current.clone().requires_grad_(True)
@@ -89,8 +97,8 @@ def fit_policy(
             policy_rejected=log_policy[rejected],
             reference_chosen=log_reference[chosen],
             reference_rejected=log_reference[rejected],
-            anchor_chosen=log_current[chosen],
-            anchor_rejected=log_current[rejected],
+            anchor_chosen=anchor[chosen],
+            anchor_rejected=anchor[rejected],
             chosen_win_rate=win_rate[chosen],
             rejected_win_rate=win_rate[rejected],
         )
@@ -127,8 +135,6 @@ def run_sampled(
     """
     loss_name, reference_rule = SAMPLED_ALGORITHMS[algorithm]
     rng = np.random.default_rng(seed)
-    # Keep every policy strictly inside the simplex: log-probs must stay finite.
-    floor = 1e-12
     reference = init
     policies = [init]
     moving = reference_rule == "moving"
@@ -141,7 +147,7 @@ def run_sampled(
         updated = fit_policy(
             loss_name, wins, appearances, current=current, reference=loss_reference, eta=eta, tau=tau
         )
-        updated = np.maximum(updated, floor)
+        updated = np.maximum(updated, FLOOR)
         policies.append(updated / updated.sum())
         if reference_rule == "moving" and step % inner_steps == 0:
             reference = policies[-1]

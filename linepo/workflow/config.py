@@ -215,7 +215,7 @@ def _check_synthetic(section: dict) -> None:
             games.validate_policy(setting["init"], n)
         except games.InvalidGameError as err:
             raise InputError(f"config key {key}.init: {err}") from None
-        if "mnpo" in setting["algorithms"]:
+        if any(a.startswith("mnpo") for a in setting["algorithms"]):  # mnpo, mnpo_moves and their twins
             from linepo.games.peers import validate_mixture
             try:
                 validate_mixture(setting["window"], setting["weights"])

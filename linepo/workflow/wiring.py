@@ -21,8 +21,6 @@ from linepo.workflow.evalplan import EvalPlan, build_eval_plan, summary_path
 from linepo.workflow.plan import Plan, build_plan
 from linepo.workflow.schedules import TWO_STEP
 
-#: The algorithms whose steps.tsv and Prox-fidelity spec name each step's sampler and anchor.
-PEERS = ("mnpo", "onpo", "egpo")
 #: A node id (12 hex digits of a recipe's sha256) and a config name, as wildcards match them.
 ID = "[0-9a-f]{12}"
 NAME = "[A-Za-z0-9_]+"
@@ -197,9 +195,9 @@ class Wiring:
         return ALGORITHMS[self.config["runs"][run]["algorithm"]].schedule in TWO_STEP
 
     def _peer(self, run: str) -> bool:
-        """MNPO, ONPO, EGPO (issue 16): steps.tsv and the Prox-fidelity spec name every step's
-        sampler and anchor (the older runs' files are as they were: nothing reruns)."""
-        return self.config["runs"][run]["algorithm"] in PEERS
+        """The registry's ``names_anchors`` (MNPO, ONPO, EGPO): steps.tsv and the Prox-fidelity
+        spec name every step's sampler and anchor."""
+        return ALGORITHMS[self.config["runs"][run]["algorithm"]].names_anchors
 
     def _training_steps(self, run: str, replicate) -> list:
         return self.plan.training_steps(run, int(replicate))
