@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from linepo.algorithms import sampled_dynamics
-from linepo.games.game import Trajectory, outer_rounds, reached, trajectory_of
+from linepo.games.game import Trajectory, trajectory_of, with_moving_reference
 
 #: algorithm -> (loss name, how the reference evolves): the LLM algorithms' tabular twins
 #: (the two-fit and mixture schedules' twins: linepo.games.sampled_peers)
@@ -111,6 +111,12 @@ def fit_policy(
         return torch.softmax(logits, dim=0).numpy().copy()
 
 
+def inside_simplex(policy: np.ndarray) -> np.ndarray:
+    """``policy`` with every entry at least :data:`FLOOR`, renormalised (log-probs stay finite)."""
+    policy = np.maximum(policy, FLOOR)
+    return policy / policy.sum()
+
+
 def run_sampled(
     algorithm: str,
     matrix: np.ndarray,
@@ -135,27 +141,20 @@ def run_sampled(
     """
     loss_name, reference_rule = SAMPLED_ALGORITHMS[algorithm]
     rng = np.random.default_rng(seed)
-    reference = init
-    policies = [init]
     moving = reference_rule == "moving"
-    for step in range(1, iterations + 1):
+
+    def step(policies, reference):
         current = policies[-1]
-        if (step == 1 or not moving or (step - 1) % inner_steps == 0) and reached(matrix, current, tol):
-            break
         wins, appearances = draw_preferences(matrix, current, samples, rng)
         loss_reference = current if reference_rule == "current" else reference
-        updated = fit_policy(
-            loss_name, wins, appearances, current=current, reference=loss_reference, eta=eta, tau=tau
-        )
-        updated = np.maximum(updated, FLOOR)
-        policies.append(updated / updated.sum())
-        if reference_rule == "moving" and step % inner_steps == 0:
-            reference = policies[-1]
+        return inside_simplex(fit_policy(loss_name, wins, appearances, current=current, reference=loss_reference,
+                                         eta=eta, tau=tau))
+
+    policies, rounds = with_moving_reference(matrix, init, step, iterations=iterations,
+                                             inner_steps=inner_steps if moving else None, tol=tol)
     params = dict(eta=eta, tau=tau, samples=samples, seed=seed)
     if tol is not None:
         params["tol"] = tol
-    rounds = None
     if moving:
         params["inner_steps"] = inner_steps
-        rounds = outer_rounds(len(policies) - 1, inner_steps)
     return trajectory_of(algorithm, matrix, policies, rounds=rounds, **params)

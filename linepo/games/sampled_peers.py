@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from linepo.algorithms import sampled_schedules
-from linepo.games.game import trajectory_of
-from linepo.games.peers import history_weights, validate_mixture, with_moving_reference
-from linepo.games.sampled import FLOOR, draw_preferences, fit_policy
+from linepo.games.game import trajectory_of, with_moving_reference
+from linepo.games.peers import geometric_mixture, history_weights, validate_mixture
+from linepo.games.sampled import draw_preferences, fit_policy, inside_simplex
 
 #: sampled name -> (registry algorithm, whether its reference moves)
 PEER_SAMPLED = sampled_schedules()
@@ -54,7 +54,7 @@ def run_sampled_peer(algorithm: str, matrix, init, *, eta: float, tau: float, it
     ``draw(policy) -> (wins, appearances)`` replaces the oracle's draws (default: ``samples``
     pairs from ``seed``'s generator); ``halves``, when a list, receives every half step
     (π^{t+½}, or ONPO's π′_{t+1}). ``tol`` stops as the exact twin does
-    (:func:`linepo.games.peers.with_moving_reference`).
+    (:func:`linepo.games.game.with_moving_reference`).
     """
     spec, moves = PEER_SAMPLED[algorithm]
     if draw is None:
@@ -64,10 +64,8 @@ def run_sampled_peer(algorithm: str, matrix, init, *, eta: float, tau: float, it
     loss = spec.loss
 
     def fit(pairs, *, start, reference, log_anchor=None):
-        updated = fit_policy(loss, *pairs, current=start, reference=reference, eta=eta, tau=tau,
-                             log_anchor=log_anchor)
-        updated = np.maximum(updated, FLOOR)
-        return updated / updated.sum()
+        return inside_simplex(fit_policy(loss, *pairs, current=start, reference=reference, eta=eta, tau=tau,
+                                         log_anchor=log_anchor))
 
     state = {"pairs": None, "aux": init}  # OMWU: the previous full step's pairs; ONPO: π′_t
 
@@ -76,7 +74,7 @@ def run_sampled_peer(algorithm: str, matrix, init, *, eta: float, tau: float, it
         centre = pi if spec.reference == "current" else reference  # IPO's reference is its prox centre
         if spec.schedule == "mixture":
             lam = history_weights(weights, min(window, len(policies)))
-            log_anchor = sum(w * np.log(p) for w, p in zip(lam, policies[::-1]) if w)
+            log_anchor = np.log(geometric_mixture(policies[::-1], lam))  # log Σ-mixture up to a constant
             return fit(draw(pi), start=pi, reference=reference, log_anchor=log_anchor)
         if spec.schedule == "omd":
             pairs = draw(pi)
