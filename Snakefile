@@ -41,6 +41,8 @@ onsuccess:
     if table.exists():
         print("\nLast-iterate exploitability (max_j P(y_j ≻ π) − ½; 0 at the Nash policy):", POOLED_NOTE)
         print(table.read_text())
+        # the checkpoints' whole histories: one numerics environment, or a warning naming each
+        print(numerics_summary(p for r in WIRING.replicates for p in WIRING.exploitability_reports(r)) + "\n")
     fidelity = Path(PATHS["prox_fidelity_runs_pooled"])
     if fidelity.exists():
         print("Prox fidelity: per run, median KL(trained ‖ exact Prox target) over its steps, and its final "

@@ -107,9 +107,11 @@ def _hash_array(h, array) -> None:
         h.update(json.dumps(array.to_pylist(), sort_keys=True, default=str).encode())
 
 
-def table_record(table, inputs=None) -> dict:
-    """The ``provenance`` entry of a table's metadata: its digest, rows and inputs' records."""
-    return {"sha256": table_digest(table), "rows": table.num_rows, "inputs": describe_inputs(inputs or [])}
+def table_record(table, inputs=None, environments=None) -> dict:
+    """The ``provenance`` entry of a table's metadata: its digest, rows, inputs' records and the
+    numerics environments behind it (:mod:`linepo.numerics`; left out when none is known)."""
+    record = {"sha256": table_digest(table), "rows": table.num_rows, "inputs": describe_inputs(inputs or [])}
+    return {**record, "environments": environments} if environments else record
 
 
 def recorded_provenance(path) -> dict | None:
@@ -156,13 +158,16 @@ def files_digest(files: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def write_folder_provenance(folder, inputs=None) -> Path:
-    """Record the sha256 of every file in ``folder`` (and its inputs) in its provenance file.
+def write_folder_provenance(folder, inputs=None, environments=None) -> Path:
+    """Record the sha256 of every file in ``folder`` (and its inputs) in its provenance file,
+    with the numerics ``environments`` behind it (:mod:`linepo.numerics`).
 
     Called on the temp folder just before its atomic rename, after every other file is written.
     """
     files = folder_files(folder)
     record = {"sha256": files_digest(files), "files": files, "inputs": describe_inputs(inputs or [])}
+    if environments:
+        record["environments"] = environments
     path = Path(folder) / PROVENANCE_FILE
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path

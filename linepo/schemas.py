@@ -211,18 +211,22 @@ def to_table(rows, kind: str, metadata: dict | None = None) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=target)
 
 
-def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None = None, inputs=None) -> Path:
+def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None = None, inputs=None,
+                computed: bool = False, shards=()) -> Path:
     """Write rows as a parquet file of ``kind`` atomically; returns the path.
 
     The metadata also records the table's provenance (:mod:`linepo.provenance`): the sha256
     of its data and its rows, which :func:`read_table` checks, and ``inputs`` (the paths of
-    the artefacts it was made from, as given) with their digests, which ``linepo verify`` checks.
+    the artefacts it was made from, as given) with their digests, which ``linepo verify`` checks,
+    and the numerics environments behind it (``computed``: this job ran a model; ``shards``: the
+    worker files' metadata of a sharded job; :mod:`linepo.numerics`).
     """
+    from linepo.numerics import output_history
     from linepo.provenance import table_record
 
     table = to_table(rows, kind, metadata)
     encoded = json.loads(table.schema.metadata[b"linepo"])
-    encoded["provenance"] = table_record(table, inputs)  # replaces a record copied from a shard's metadata
+    encoded["provenance"] = table_record(table, inputs, output_history(inputs or [], computed, shards))  # replaces a record copied from a shard's metadata
     table = table.replace_schema_metadata({b"linepo": json.dumps(encoded, sort_keys=True).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

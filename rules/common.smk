@@ -4,6 +4,7 @@ import json
 import sys
 
 from linepo.errors import InputError
+from linepo.numerics import summary as numerics_summary
 from linepo.workflow.cluster import STAGES, stage_resources
 from linepo.workflow.config import validate_config
 from linepo.workflow.inputs import check_config_files, workflow_config_files

@@ -63,6 +63,9 @@ def run_exploitability(args) -> int:
     result = report(args.policy, rows, judge, samples=args.samples, seed=args.seed, dtype=args.dtype,
                     trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights)
     result["policy"] = args.policy
+    from linepo import numerics
+
+    result[numerics.KEY] = numerics.output_history([args.policy], computed=True)  # the policy's history, and this job
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{args.policy}: exploitability {result['exploitability']:.4f} ({result['method']})", file=sys.stderr)

@@ -166,7 +166,8 @@ def run_sharded(args, config: dict | None, source: str) -> int | None:
         for key, value in shard_metadata.get("counts", {}).items():
             counts[key] = counts.get(key, 0) + value
     metadata = {**merged.metadata[-1], "counts": counts}
-    write_table(merged.rows, args.out, "judgments", metadata=metadata, inputs=[args.samples])
+    write_table(merged.rows, args.out, "judgments", metadata=metadata, inputs=[args.samples],
+                shards=merged.metadata)
     stats = {**counts, "shards": len(bounds), "seconds": round(merged.seconds, 3),
              "comparisons_per_s": round(counts.get("comparisons", 0) / merged.seconds, 1) if merged.seconds > 0 else None}
     print(f"linepo judge: wrote {args.out}: {stats.get('comparisons')} comparisons of {stats.get('prompts')} prompts, "

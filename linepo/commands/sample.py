@@ -85,7 +85,7 @@ def run(args) -> int:
     )
     rows = sampler.generate(prompts, source=args.prompts)
     write_table(rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__},
-                inputs=[args.policy, args.prompts])
+                inputs=[args.policy, args.prompts], computed=True)
     print(f"wrote {len(rows)} samples ({len(prompts)} prompts x {settings.n}) to {args.out}")
     return 0
 
@@ -153,7 +153,7 @@ def run_sharded(args, table, settings) -> int:
     if isinstance(merged, int):
         return merged
     write_table(merged.rows, args.out, "samples", metadata={"policy": str(args.policy), "sampler": settings.__dict__},
-                inputs=[args.policy, args.prompts])
+                inputs=[args.policy, args.prompts], shards=merged.metadata)
     print(f"wrote {len(merged.rows)} samples ({table.num_rows} prompts x {settings.n}) to {args.out} "
           f"from {len(bounds)} shards in {merged.seconds:.1f} s")
     return 0

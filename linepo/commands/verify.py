@@ -9,7 +9,9 @@ every input an artefact records against that input as it is now (an output made 
 input that has changed since is stale). Prints one line per problem and a summary; with
 problems, the ``snakemake --forcerun`` command that rebuilds them and everything made from
 them, and exits 1; exits 0 when the tree is clean. Snakemake cannot see these: a file
-rewritten inside a policy folder leaves the folder's mtime alone.
+rewritten inside a policy folder leaves the folder's mtime alone. A line names the
+numerics environment that computed the tree, or warns that the tree mixes several
+(:mod:`linepo.numerics`; not a problem of the files, but its numbers are then no one realisation).
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ def run(args) -> int:
 
     from linepo.provenance import forcerun_hint, verify_tree
 
+    from linepo import numerics
+
     report = verify_tree(args.root)
     for path, reason in report["problems"]:
         print(f"{path}: {reason}")
+    environments = numerics.summary(numerics.tree_artefacts(args.root))
+    if environments:
+        print(f"linepo verify: {args.root}: {environments}")
     checked = f"{report['tables']} parquet files and {report['folders']} model folders"
     unrecorded = f" ({report['unrecorded']} parquet files record no digest)" if report["unrecorded"] else ""
     if not report["problems"]:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from linepo.errors import InputError
+from linepo.numerics import output_history
 from linepo.provenance import check_policy_folder, write_folder_provenance
 from linepo.sources import DTYPES, resolve_model
 
@@ -180,7 +181,8 @@ def save_policy(model, tokenizer, path, inputs=None) -> Path:
         except TypeError:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_folder_provenance(tmp, inputs)  # last: it hashes every file written above
+        # last: it hashes every file written above; a model folder is always computed by torch
+        write_folder_provenance(tmp, inputs, output_history(inputs or [], computed=True))
         # mkdtemp (and some writers) create owner-only files; give the usual umask modes.
         umask = os.umask(0)
         os.umask(umask)

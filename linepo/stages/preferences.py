@@ -180,7 +180,7 @@ def judge_samples(samples_path, judge_config: dict | None, out, *, seed: int | N
     metadata = {"judge": config, "seed": seed, "counts": counts}
     if hasattr(judge, "describe"):
         metadata["judge_facts"] = judge.describe()  # e.g. the chat template's sha256
-    write_table(rows, out, "judgments", metadata=metadata, inputs=[samples_path])
+    write_table(rows, out, "judgments", metadata=metadata, inputs=[samples_path], computed=judge.runs_model)
     return stats
 
 

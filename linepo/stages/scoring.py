@@ -407,7 +407,7 @@ def score_preferences(prefs_path, out_path, *, reference, anchor, batch_size: in
     prefs = [prefs_path] if isinstance(prefs_path, (str, os.PathLike)) else list(prefs_path)
     anchors = [folder for folder, _ in mixture] if mixture else [anchor]
     inputs = [*prefs, reference] + list(dict.fromkeys(a for a in anchors if str(a) != str(reference)))
-    write_table(rows, out_path, "scored", metadata=metadata, inputs=inputs)
+    write_table(rows, out_path, "scored", metadata=metadata, inputs=inputs, computed=True)
     log.info("scored %d pairs with %d model(s): %s pairs/s, %s tokens/s", pairs, models_run,
              stats["pairs_per_s"], stats["tokens_per_s"])
     return stats

@@ -39,6 +39,8 @@ class Judge:
     """The interface: :meth:`probabilities` (subclasses implement ``_probabilities``)."""
 
     name = "judge"
+    #: True for a judge that runs a model: its judgments record the numerics environment (linepo.numerics)
+    runs_model = False
     #: comparisons handed over per call by the tournament (progress-bar granularity)
     chunk_size = 100_000
     #: default seed of :meth:`judge` (a config's ``seed`` key)

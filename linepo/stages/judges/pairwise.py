@@ -54,6 +54,7 @@ class PairwiseLMJudge(Judge):
     """
 
     name = "pairwise_lm"
+    runs_model = True
     backend = "transformers"
 
     def __init__(

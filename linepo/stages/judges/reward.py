@@ -32,6 +32,7 @@ class RewardModelJudge(Judge):
     """
 
     name = "reward_model"
+    runs_model = True
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_length: int = 4096,
                  use_chat_template: bool = True, device=None):
