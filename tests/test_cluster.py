@@ -28,13 +28,16 @@ def test_the_default_asks_for_no_gpus_and_runtime_grows_with_each_attempt():
 
 
 def test_a_partial_stage_keeps_the_other_defaults():
-    config = validated(lambda c: c.update(resources={"train": {"gpu": 4}}))
+    # data-parallel training needs per-pair batches (the default groups prompts: one process)
+    config = validated(lambda c: c.update(resources={"train": {"gpu": 4}}, training={**c["training"],
+                                                                              "prompts_per_batch": None}))
     assert config["resources"]["train"] == {"gpu": 4, "mem_mb": 8000, "runtime": 120}
     assert config["resources"]["sample"] == {"gpu": 0, "mem_mb": 4000, "runtime": 60}
 
 
 def test_the_gpu_model_goes_to_gpu_jobs_only():
-    config = validated(lambda c: c.update(resources={"gpu_model": "h100", "train": {"gpu": 2}}))
+    config = validated(lambda c: c.update(resources={"gpu_model": "h100", "train": {"gpu": 2}},
+                                          training={**c["training"], "prompts_per_batch": None}))
     assert stage_resources(config, "train")["gpu_model"] == "h100"
     assert "gpu_model" not in stage_resources(config, "sample")  # gpu 0: no --gpus=h100:0
 

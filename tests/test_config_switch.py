@@ -48,7 +48,8 @@ def test_the_default_config_names_its_fixed_path_outputs():
             "results/summary/prox_fidelity.tsv"} <= set(outputs)
     assert fixed_outputs(wiring()) == outputs  # a digest of the config, nothing else
     # Execution keys and resources change how jobs run, not what they write.
-    assert fixed_outputs(wiring(lambda c: c.update(resources={"train": {"gpu": 2}}))) == outputs
+    assert fixed_outputs(wiring(lambda c: c.update(resources={"train": {"gpu": 1, "mem_mb": 16000},
+                                                              "sample": {"gpu": 2}}))) == outputs
 
 
 def test_a_config_switch_warns_and_a_rerun_does_not(tmp_path, monkeypatch):

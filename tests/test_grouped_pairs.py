@@ -250,7 +250,9 @@ def test_cli_bad_prompts_per_batch_exits_2_with_one_line(data, tmp_path, capsys,
 
 
 def config_with(edit):
+    """The default with per-pair batches (``prompts_per_batch`` unset, as the key's tests need), edited."""
     config = default_realisation()
+    config["training"].pop("prompts_per_batch", None)
     edit(config)
     return validate_config(config)
 
