@@ -47,6 +47,18 @@ def test_the_tiny_experiment_runs_and_reports_exploitability(workdir):
     assert dry_run(workdir) == []  # a second invocation has nothing to do
 
 
+def test_every_model_made_artefact_records_one_numerics_environment(workdir):
+    from linepo import numerics
+
+    artefacts = numerics.tree_artefacts(workdir / "results")
+    # policy folders, samples and scored pairs: a model computed them (judging by the oracle did not)
+    made_by_models = [a for a in artefacts if a.is_dir() or {"samples", "scored"} & set(a.parts)]
+    assert made_by_models and all(numerics.recorded(a) for a in made_by_models)
+    reports = [p for p in (workdir / "results").rglob("*.json") if '"exploitability"' in p.read_text()]
+    assert reports and all(numerics.recorded(r) for r in reports)
+    assert numerics.summary(artefacts + reports).startswith("Computed with torch ")
+
+
 def test_an_eval_only_change_plans_no_data_or_training_jobs(workdir):
     edit_config(workdir, lambda c: c["eval_prompts"].update(max_prompts=8))
     try:
