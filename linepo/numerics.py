@@ -128,23 +128,16 @@ def describe(env: dict) -> str:
     return ", ".join(parts)
 
 
-def tree_artefacts(root) -> list[Path]:
-    """Every parquet file and model folder under ``root`` (temp ``.name`` entries and ``*.partial`` skipped)."""
-    from linepo.provenance import PROVENANCE_FILE
-
-    root = Path(root)
-    found = [path for path in root.rglob("*.parquet")]
-    found += [path.parent for path in root.rglob(PROVENANCE_FILE)]
-    return sorted(path for path in found
-                  if not any(part.startswith(".") or part.endswith(".partial") for part in path.relative_to(root).parts))
-
-
 def summary(paths) -> str:
     """What computed the artefacts at ``paths``: one environment, or a warning naming each.
 
     Paths that do not exist (yet) are skipped; '' when none records an environment.
     """
-    envs = merge(*(recorded(path) for path in paths if Path(str(path)).exists()))
+    return describe_all(merge(*(recorded(path) for path in paths if Path(str(path)).exists())))
+
+
+def describe_all(envs: list[dict]) -> str:
+    """One environment in a sentence, a warning naming each when there are several, '' for none."""
     if not envs:
         return ""
     if len(envs) == 1:

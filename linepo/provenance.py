@@ -302,7 +302,8 @@ def verify_tree(root) -> dict:
     Returns:
         ``{"problems": [(path, reason)], "rebuild": [paths to --forcerun: the flagged ones not
         made from another flagged one], "tables": n, "folders": n, "unrecorded": n (parquet
-        files without a digest), "workflow": folder}``
+        files without a digest), "workflow": folder, "environments": [each artefact's recorded
+        numerics environments (linepo.numerics)]}``
     """
     import pyarrow.parquet as pq
 
@@ -384,7 +385,8 @@ def verify_tree(root) -> dict:
                                 "rewritten by something other than linepo")
     rebuild = [shown(p) for p in flagged if not _upstream(p, made_of) & set(flagged)]  # rerun downstream anyway
     return {"problems": problems, "rebuild": rebuild, "tables": len(tables), "folders": len(folders),
-            "unrecorded": unrecorded, "workflow": workflow}
+            "unrecorded": unrecorded, "workflow": workflow,
+            "environments": [record.get("environments") or [] for record in own.values() if record]}
 
 
 def _upstream(path: Path, made_of: dict) -> set:

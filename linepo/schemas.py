@@ -226,7 +226,8 @@ def write_table(rows, path: str | os.PathLike, kind: str, metadata: dict | None 
 
     table = to_table(rows, kind, metadata)
     encoded = json.loads(table.schema.metadata[b"linepo"])
-    encoded["provenance"] = table_record(table, inputs, output_history(inputs or [], computed, shards))  # replaces a record copied from a shard's metadata
+    # replaces a record copied from a shard's metadata
+    encoded["provenance"] = table_record(table, inputs, output_history(inputs or [], computed, shards))
     table = table.replace_schema_metadata({b"linepo": json.dumps(encoded, sort_keys=True).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

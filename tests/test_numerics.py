@@ -82,7 +82,6 @@ def test_verify_names_the_tree_environment(policy, tmp_path, capsys):
     tree = tmp_path / "results"
     shutil.copytree(policy, tree / "policies" / "a")
     (tree / "policies" / ".b.tmp").mkdir()  # a killed save's temp folder is not an artefact
-    assert numerics.tree_artefacts(tree) == [tree / "policies" / "a"]
     assert main(["verify", str(tree)]) == 0
     out = capsys.readouterr().out
     assert f"linepo verify: {tree}: Computed with {numerics.describe(numerics.job_environment())}." in out

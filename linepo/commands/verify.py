@@ -28,14 +28,13 @@ def run(args) -> int:
     import os
     import shlex
 
-    from linepo.provenance import forcerun_hint, verify_tree
-
     from linepo import numerics
+    from linepo.provenance import forcerun_hint, verify_tree
 
     report = verify_tree(args.root)
     for path, reason in report["problems"]:
         print(f"{path}: {reason}")
-    environments = numerics.summary(numerics.tree_artefacts(args.root))
+    environments = numerics.describe_all(numerics.merge(*report["environments"]))
     if environments:
         print(f"linepo verify: {args.root}: {environments}")
     checked = f"{report['tables']} parquet files and {report['folders']} model folders"
