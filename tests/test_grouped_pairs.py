@@ -250,9 +250,11 @@ def test_cli_bad_prompts_per_batch_exits_2_with_one_line(data, tmp_path, capsys,
 
 
 def config_with(edit):
-    """The default with per-pair batches (``prompts_per_batch`` unset, as the key's tests need), edited."""
+    """The default with per-pair batches and per-pair scoring (``prompts_per_batch`` and
+    ``scoring.deduplicate`` unset, as the keys' tests need), edited."""
     config = default_realisation()
     config["training"].pop("prompts_per_batch", None)
+    config.pop("scoring", None)
     edit(config)
     return validate_config(config)
 
