@@ -254,7 +254,7 @@ def config_with(edit):
     ``scoring.deduplicate`` unset, as the keys' tests need), edited."""
     config = default_realisation()
     config["training"].pop("prompts_per_batch", None)
-    config.pop("scoring", None)
+    config.get("scoring", {}).pop("deduplicate", None)
     edit(config)
     return validate_config(config)
 
