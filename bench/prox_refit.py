@@ -9,7 +9,8 @@ For each chosen step of ``--run`` (its replicate ``--replicate``, in a working d
 the workflow has run it) and each data size ``--samples`` n: the step's own scored pairs when n
 is the config's ``sampling.n``, otherwise new ones drawn by the pipeline's own commands from the
 step's sampler (``linepo sample`` / ``judge`` / ``pairs`` / ``score --deduplicate``, seed
-``--data-seed``). On each, every ``--variant`` (NAME=JSON of training settings over the step's
+``--data-seed``); ``--prompts K`` redraws them on the first K prompts of the step's split (fewer
+prompts, more samples each). On each, every ``--variant`` (NAME=JSON of training settings over the step's
 own; ``NAME=`` keeps them) is trained from the step's parent once per ``--seeds`` entry
 (``training.seed``: batch order and model-side seed). Each trained policy is read exactly on the
 eval prompts (first-token category mix, as ``linepo prox-fidelity``) and compared with the
@@ -94,16 +95,25 @@ def exact_mix(policy: Path, prompts: list[str], judge) -> np.ndarray:
 
 
 def new_data(plan, step, node, samples: int, seed: int, scratch: Path, sampling: dict, *,
-             deduplicate: bool = True) -> tuple[Path, float]:
-    """The step's pairs redrawn with ``samples`` per prompt from its sampler: (scored file, wall seconds)."""
+             deduplicate: bool = True, prompts: int | None = None) -> tuple[Path, float]:
+    """The step's pairs redrawn with ``samples`` per prompt from its sampler, on the split's first
+    ``prompts`` prompts (default: all): (scored file, wall seconds)."""
+    from linepo.schemas import read_table
+
     prefs_node = plan.prefs[plan.scored[node.scored[0]].prefs[0]]
     sample_node = plan.samples[prefs_node.sample]
-    folder = scratch / f"data-{step}-{samples}-{seed}"
+    folder = scratch / f"data-{step}-{samples}-{prompts}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     scored_node = plan.scored[node.scored[0]]
+    prompts_path = plan.prompts_path(sample_node.split)
+    if prompts is not None:
+        from linepo.schemas import write_table
+
+        write_table(read_table(prompts_path, "prompts").slice(0, prompts), folder / "prompts.parquet", "prompts")
+        prompts_path = str(folder / "prompts.parquet")
     total = 0.0
     for args in (
-        ["sample", "--policy", plan.policy_dir(sample_node.policy), "--prompts", plan.prompts_path(sample_node.split),
+        ["sample", "--policy", plan.policy_dir(sample_node.policy), "--prompts", prompts_path,
          "--out", str(folder / "samples.parquet"), "--n", str(samples), "--temperature", str(sampling["temperature"]),
          "--top-p", str(sampling["top_p"]), "--max-new-tokens", str(sampling["max_new_tokens"]),
          "--batch-size", str(sampling["batch_size"]), "--seed", str(seed)],
@@ -148,6 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=int, action="append", required=True, help="1-based training step (repeat)")
     parser.add_argument("--samples", type=int, action="append", default=[],
                         help="samples per prompt (repeat); default: the config's sampling.n")
+    parser.add_argument("--prompts", type=int, help="redraw every step's data on its split's first PROMPTS prompts")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="training settings over the step's own (repeat); default: 'default='")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -197,12 +208,13 @@ def main(argv=None) -> int:
                                      pf.distributions(measured[step.reference], size, "reference"),
                                      eta=settings["eta"], eta_tau=settings.get("eta_tau"))
             for n in sample_counts:
-                if n == config["sampling"]["n"]:  # the step's own pairs; a redraw times their cost
+                if n == config["sampling"]["n"] and args.prompts is None:  # the step's own pairs; a redraw times their cost
                     scored = [plan.scored_path(s) for s in node.scored]
                     _, data_seconds = new_data(plan, k, node, n, args.data_seed, scratch, config["sampling"],
                                                deduplicate=bool(config["scoring"].get("deduplicate")))
                 else:
-                    path, data_seconds = new_data(plan, k, node, n, args.data_seed, scratch, config["sampling"])
+                    path, data_seconds = new_data(plan, k, node, n, args.data_seed, scratch, config["sampling"],
+                                                  prompts=args.prompts)
                     scored = [str(path)]
                 pairs = sum(read_table(p, "scored").num_rows for p in scored)
                 for (name, override), seed in itertools.product(variants, args.seeds):
