@@ -98,7 +98,7 @@ def new_data(plan, step, node, samples: int, seed: int, scratch: Path, sampling:
              deduplicate: bool = True, prompts: int | None = None) -> tuple[Path, float]:
     """The step's pairs redrawn with ``samples`` per prompt from its sampler, on the split's first
     ``prompts`` prompts (default: all): (scored file, wall seconds)."""
-    from linepo.schemas import read_table
+    from linepo.schemas import read_table, write_table
 
     prefs_node = plan.prefs[plan.scored[node.scored[0]].prefs[0]]
     sample_node = plan.samples[prefs_node.sample]
@@ -107,8 +107,6 @@ def new_data(plan, step, node, samples: int, seed: int, scratch: Path, sampling:
     scored_node = plan.scored[node.scored[0]]
     prompts_path = plan.prompts_path(sample_node.split)
     if prompts is not None:
-        from linepo.schemas import write_table
-
         write_table(read_table(prompts_path, "prompts").slice(0, prompts), folder / "prompts.parquet", "prompts")
         prompts_path = str(folder / "prompts.parquet")
     total = 0.0
@@ -178,6 +176,8 @@ def main(argv=None) -> int:
     wiring = load_wiring(workdir, args.configfile, args.config)
     plan, config = wiring.plan, wiring.config
     steps = plan.training_steps(args.run, args.replicate)
+    if args.prompts is not None and args.prompts < 1:
+        sys.exit(f"prox_refit: --prompts {args.prompts}: must be at least 1")
     variants = [item.partition("=") for item in (args.variant or ["default="])]
     variants = [(name, json.loads(text) if text.strip() else {}) for name, _, text in variants]
     sample_counts = args.samples or [config["sampling"]["n"]]
